@@ -1,12 +1,15 @@
 """The course's data: bundled or generated on the fly, never downloaded.
 
-| module     | what                                                      | book |
-|------------|-----------------------------------------------------------|------|
-| ``toys``   | 2-D toys: two moons, swiss roll, 8 Gaussians, checkerboard | §1.1, §2.1 |
-| ``digits`` | scikit-learn's bundled 8x8 digits, fixed train/held-out split | §3 |
-| ``shapes`` | coloured shapes with captions and attributes              | §5 |
-| ``video``  | a shape bouncing around, as clips with captions           | §8 |
-| ``mnist``  | a reader for MNIST IDX files you place in a local folder  | §3 (optional) |
+==========  =============================================================  =============
+module      what                                                           book
+==========  =============================================================  =============
+``toys``    2-D toys: two moons, swiss roll, 8 Gaussians, checkerboard     §1.1, §2.1
+``digits``  scikit-learn's bundled 8x8 digits, fixed train/held-out split  §3
+``shapes``  coloured shapes with captions and attributes                   §5
+``video``   a shape bouncing around, as clips with captions                §8
+``mnist``   a reader for MNIST IDX files you place in a local folder       §3 (optional)
+==========  =============================================================  =============
+
 """
 from .digits import digits_dataset, digits_split_indices, load_digits
 from .mnist import load_mnist, read_idx
