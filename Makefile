@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_samplers.py
 
 zoo: $(STAMP)
-	$(PY) -m diffcourse.zoo --rebuild-all
+	$(PY) -m diffcourse.zoo rebuild
 
 clean:
 	rm -rf _build build book/_static/mathjax

@@ -1,0 +1,35 @@
+"""Denoising networks (book §2.1 toy MLP; later chapters add the U-Net of §3).
+
+``MODELS`` maps a class name, as stored in a checkpoint, to the model class and its config
+dataclass, so a checkpoint can be rebuilt from its metadata with :func:`build_model`.
+Later chapters register their models here.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .embeddings import TimeMLP, sinusoidal_embedding
+from .mlp import ToyMLP, ToyMLPConfig
+
+__all__ = ["MODELS", "build_model", "config_of", "sinusoidal_embedding", "TimeMLP", "ToyMLP", "ToyMLPConfig"]
+
+MODELS: dict[str, tuple[type[nn.Module], type]] = {
+    "ToyMLP": (ToyMLP, ToyMLPConfig),
+}
+
+
+def build_model(class_name: str, config: dict) -> nn.Module:
+    """A freshly initialised model from its class name and config dict (book §2.1, loading checkpoints)."""
+    if class_name not in MODELS:
+        raise KeyError(f"unknown model class {class_name!r}; registered: {sorted(MODELS)} "
+                       f"(add new models to MODELS in diffcourse/models/__init__.py)")
+    model_cls, config_cls = MODELS[class_name]
+    return model_cls(config_cls(**config))
+
+
+def config_of(model: nn.Module) -> tuple[str, dict]:
+    """The (class name, config dict) pair that :func:`build_model` turns back into ``model``'s architecture."""
+    name = type(model).__name__
+    if name not in MODELS:
+        raise KeyError(f"model class {name!r} is not registered in diffcourse.models.MODELS")
+    return name, model.config.to_dict()
