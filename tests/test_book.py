@@ -81,6 +81,7 @@ def test_math_is_rendered_by_the_local_mathjax(built_book):
     fonts = list((built_book / "_static" / "mathjax" / "output" / "chtml" / "fonts").rglob("*.woff"))
     assert fonts, "MathJax's fonts are missing from _static/mathjax; math would render without glyphs"
     math_pages = [p for p in _pages(built_book) if 'class="math' in p.read_text(encoding="utf-8")]
+    assert math_pages, "no page of the built book contains math; the introduction should (eq. 1.2)"
     for page in math_pages:
         text = page.read_text(encoding="utf-8")
         assert "_static/mathjax/tex-chtml.js" in text, f"{page.name} has math but does not load the local MathJax"
