@@ -48,8 +48,16 @@ test: $(STAMP) $(MATHJAX) sysdeps
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(PY) benchmarks/bench_samplers.py
+	$(PY) benchmarks/bench_grading.py --students 8 --jobs 2
+
+grade: $(STAMP) sysdeps
+	$(PY) -m autograder demo --out grades/demo --jobs 2
+
+release: $(STAMP)
+	$(PY) -m autograder release
+	$(PY) -m autograder check-sync
 
 zoo: $(STAMP)
 	$(PY) -m diffcourse.zoo rebuild

@@ -1,6 +1,36 @@
-"""Shared test configuration: tests marked ``gpu`` skip on machines without CUDA."""
+"""Shared test configuration.
+
+- Tests marked ``gpu`` skip on machines without CUDA.
+- ``built_book``: the book built once per session exactly as ``make book`` builds it (same
+  command, same ``_build`` folder, so the execution cache is shared); fails on any warning.
+"""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+BUILD_ARGS = ["build", ".", "--warningiserror", "--keep-going", "--quiet"]
+
+
+def build_book(folder: pathlib.Path) -> subprocess.CompletedProcess:
+    """Build the Jupyter Book rooted at ``folder`` with the strict flags of ``make book``."""
+    jb = pathlib.Path(sys.executable).with_name("jupyter-book")
+    return subprocess.run([str(jb), *BUILD_ARGS], cwd=folder, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def built_book() -> pathlib.Path:
+    result = build_book(ROOT)
+    assert result.returncode == 0, (
+        "the book did not build cleanly (warnings and cell errors are failures).\n"
+        f"--- stdout (tail) ---\n{result.stdout[-4000:]}\n--- stderr (tail) ---\n{result.stderr[-4000:]}")
+    return HTML
 
 
 def pytest_collection_modifyitems(config, items):

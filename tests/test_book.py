@@ -9,36 +9,18 @@ import html.parser
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
-JB = pathlib.Path(sys.executable).with_name("jupyter-book")
-BUILD_ARGS = ["build", ".", "--warningiserror", "--keep-going", "--quiet"]
+from conftest import BUILD_ARGS, ROOT, build_book as _build
 
 pytestmark = pytest.mark.book
-
-
-def _build(folder: pathlib.Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(JB), *BUILD_ARGS], cwd=folder, capture_output=True, text=True, timeout=900)
 
 
 def test_makefile_builds_the_book_with_the_same_strict_flags():
     makefile = (ROOT / "Makefile").read_text()
     assert "jupyter-book " + " ".join(BUILD_ARGS) in makefile, (
         "`make book` and this test must build the book the same way; the Makefile's command changed")
-
-
-@pytest.fixture(scope="session")
-def built_book():
-    result = _build(ROOT)
-    assert result.returncode == 0, (
-        "the book did not build cleanly (warnings and cell errors are failures).\n"
-        f"--- stdout (tail) ---\n{result.stdout[-4000:]}\n--- stderr (tail) ---\n{result.stderr[-4000:]}")
-    return HTML
 
 
 class _Page(html.parser.HTMLParser):
@@ -72,7 +54,9 @@ def test_no_page_fetches_anything_from_another_host(built_book):
         parser.feed(page.read_text(encoding="utf-8"))
         remote += [f"{page.relative_to(built_book)}: <{tag}> {url}" for tag, url in parser.fetches
                    if re.match(r"^(https?:)?//", url)]
-    assert not remote, "pages load resources from the internet (the site must work offline):\n" + "\n".join(remote)
+    hint = ("\n(matplotlib's to_jshtml links a font CDN: show animations with diffcourse.animation.show(anim))"
+            if any("font-awesome" in r for r in remote) else "")
+    assert not remote, "pages load resources from the internet (the site must work offline):\n" + "\n".join(remote) + hint
 
 
 def test_math_is_rendered_by_the_local_mathjax(built_book):

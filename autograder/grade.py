@@ -1,0 +1,327 @@
+"""Grade a batch of submissions: nbgrader autograde (with papermill in a sandbox), in parallel.
+
+Layout. ``OUT`` is an nbgrader course folder: ``OUT/gradebook.db`` (nbgrader's SQLite gradebook:
+``nbgrader export`` and the formgrader work on it), ``OUT/release/`` (generated from
+``solutions/``), ``OUT/submitted/`` (copied from ``--submissions``), ``OUT/autograded/``,
+``OUT/feedback/{student}/{assignment}/{notebook}.html`` and ``OUT/grades.csv``.
+
+Parallelism. Each ``(student, assignment)`` is graded by a worker process running nbgrader's
+``Autograde`` and ``GenerateFeedback``. Workers hold one file lock (``flock``) whenever they touch
+the gradebook and release it only while the sandbox executes, so execution is parallel and
+gradebook writes are serialized.
+
+Restart. After a submission's grades and feedback are committed, the worker writes a marker
+``OUT/.autograder/done/{student}/{assignment}.json`` (atomically) holding a digest of the submission
+and of the source. A batch started again skips submissions whose marker matches and re-grades the
+rest; nbgrader's gradebook updates in place, so nothing is lost or duplicated. ``grades.csv`` is
+rewritten from the markers at the end of every batch.
+"""
+from __future__ import annotations
+
+import csv
+import ctypes
+import fcntl
+import hashlib
+import html
+import json
+import os
+import shutil
+import signal
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from .env import ensure_venv_on_path
+from .limits import Limits
+from .release import REPO, assignments, generate
+
+COURSE_ID = "diffcourse"
+STATUSES = ("ok", "error", "timeout", "killed", "invalid", "missing", "flagged")
+BASE_COLUMNS = ["student_id", "assignment_id", "notebook_id", "score", "max_score", "status", "notes", "seconds"]
+
+
+@dataclass
+class Batch:
+    """One grading batch (what ``python -m autograder grade`` was asked to do)."""
+    submissions: Path
+    out: Path
+    assignment: str | None = None
+    jobs: int = 1
+    limits: Limits = field(default_factory=Limits)
+    parameters: dict = field(default_factory=lambda: {"GRADING": True, "DEVICE": "cpu", "SEED": 0})
+    root: Path = REPO                       # holds solutions/{assignment}/
+    progress: bool = True
+
+
+class FileLock:
+    """An exclusive ``flock`` on a file, shared by all workers of a batch."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ----------------------------------------------------------------------------- nbgrader set-up
+
+def nbgrader_config(out: Path, root: Path):
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,
+                                        LimitOutput, SaveAutoGrades)
+    from traitlets.config import Config
+
+    from .execute import PapermillExecute
+
+    c = Config()
+    c.CourseDirectory.root = str(out)
+    c.CourseDirectory.course_id = COURSE_ID
+    c.CourseDirectory.db_url = f"sqlite:///{out / 'gradebook.db'}"
+    c.CourseDirectory.source_directory = str((root / "solutions").resolve())
+    c.CourseDirectory.release_directory = "release"
+    c.Autograde.autograde_preprocessors = [PapermillExecute, IgnorePattern, LimitOutput, SaveAutoGrades,
+                                           AssignLatePenalties, CheckCellMetadata]
+    c.OverwriteCells.add_missing_cells = True
+    c.LimitOutput.max_lines = 1000
+    c.LimitOutput.max_traceback = 100
+    return c
+
+
+def _api(out: Path, root: Path):
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    c = nbgrader_config(out, root)
+    return NbGraderAPI(coursedir=CourseDirectory(config=c), config=c)
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _files(d: Path) -> list[Path]:
+    return [p for p in d.rglob("*") if p.is_file()] if d.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- one submission (worker)
+
+def _worker_init() -> None:
+    """Workers die with the batch process (a killed batch leaves no grader running)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    ensure_venv_on_path()
+    warnings.filterwarnings("ignore", message=".*not in session.*")   # nbgrader's SQLAlchemy noise
+
+
+def _stub_feedback(out: Path, sid: str, aid: str, nb_id: str, status: str, notes: list[str]) -> None:
+    path = out / "feedback" / sid / aid / f"{nb_id}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = html.escape("; ".join(notes))
+    path.write_text(f"<html><body><h1>{html.escape(nb_id)}: {status}</h1>"
+                    f"<p>Score 0: no gradable notebook <code>{html.escape(nb_id)}.ipynb</code> was found "
+                    f"in your submission.</p><p>{text}</p></body></html>\n")
+
+
+def grade_one(out: str, root: str, sid: str, aid: str, digest: str, limits: dict, parameters: dict) -> list[dict]:
+    """Autograde one student's assignment and write its feedback; returns one row per notebook."""
+    import nbformat
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from . import execute
+    from .tamper import normalize, tamper_flags
+
+    out_p, root_p = Path(out), Path(root)
+    lock = FileLock(out_p / ".autograder" / "gradebook.lock")
+    execute.CONTEXT.update(limits=Limits(**limits), parameters=parameters, lock=lock,
+                           jobs_dir=str(out_p / ".autograder" / "jobs"), runs={})
+    db_url = f"sqlite:///{out_p / 'gradebook.db'}"
+    sub_dir = out_p / "submitted" / sid / aid
+    with lock:
+        with Gradebook(db_url, COURSE_ID) as gb:
+            expected = [nb.name for nb in gb.find_assignment(aid).notebooks]
+        pre: dict[str, tuple[str, list[str]]] = {}
+        checks: dict[str, tuple[list[str], list[str]]] = {}
+        unexpected = sorted(p.name for p in sub_dir.glob("*.ipynb") if p.stem not in expected)
+        for nb_id in expected:
+            path = sub_dir / f"{nb_id}.ipynb"
+            if not path.exists():
+                extra = [f"unexpected notebook(s): {', '.join(unexpected)} (rename and re-grade)"] if unexpected else []
+                pre[nb_id] = ("missing", [f"no {nb_id}.ipynb submitted"] + extra)
+                continue
+            try:
+                nb = nbformat.read(str(path), as_version=4)
+                nbformat.validate(nb)
+            except Exception as exc:   # invalid JSON, not a notebook, bad schema
+                path.rename(path.with_name(path.name + ".invalid"))
+                pre[nb_id] = ("invalid", [f"unreadable notebook: {type(exc).__name__}: {str(exc)[:120]}"])
+                continue
+            release = nbformat.read(str(out_p / "release" / aid / f"{nb_id}.ipynb"), as_version=4)
+            flags, notes = tamper_flags(nb, release)
+            repaired = normalize(nb)
+            if repaired or any(f.startswith("duplicated") for f in flags):
+                nbformat.write(nb, str(path))   # nbgrader crashes on these; the duplicates just run
+            checks[nb_id] = (sorted(set(flags + repaired)), notes)
+        grader_error = None
+        if checks:
+            api = _api(out_p, root_p)
+            result = api.autograde(aid, sid, force=True, create=True)
+            if result["success"]:
+                api.generate_feedback(aid, sid, force=True)
+            else:
+                grader_error = (result.get("error") or "").strip().splitlines()[-1:] or ["nbgrader failed"]
+        with Gradebook(db_url, COURSE_ID) as gb:
+            try:
+                submission = gb.find_submission(aid, sid)
+            except MissingEntry:
+                gb.update_or_create_student(sid)
+                submission = gb.update_or_create_submission(aid, sid)
+            rows = []
+            for snb in submission.notebooks:
+                nb_id = snb.notebook.name
+                if nb_id in pre or grader_error:
+                    for grade in snb.grades:
+                        grade.auto_score, grade.needs_manual_grade = 0, False
+                    gb.db.commit()
+                if nb_id in pre:
+                    status, notes = pre[nb_id]
+                    _stub_feedback(out_p, sid, aid, nb_id, status, notes)
+                elif grader_error:
+                    status, notes = "invalid", [f"nbgrader could not grade it: {grader_error[0][:150]}"]
+                    _stub_feedback(out_p, sid, aid, nb_id, status, notes)
+                else:
+                    run = execute.CONTEXT["runs"].get((sid, aid, nb_id), {"status": "error", "notes": ["not executed"]})
+                    flags, tamper_notes = checks[nb_id]
+                    status = "flagged" if flags else run["status"]
+                    notes = [f"flag: {f}" for f in flags] + ([f"run: {run['status']}"] if flags else []) \
+                        + run["notes"] + tamper_notes
+                row = {"student_id": sid, "assignment_id": aid, "notebook_id": nb_id,
+                       "score": round(float(snb.score), 3), "max_score": round(float(snb.max_score), 3),
+                       "status": status, "notes": " | ".join(notes)[:500],
+                       "seconds": execute.CONTEXT["runs"].get((sid, aid, nb_id), {}).get("seconds", 0.0)}
+                for grade in sorted(snb.grades, key=lambda g: g.cell.notebook.name + g.name):
+                    if grade.cell.__class__.__name__ == "GradeCell":
+                        row[grade.name] = round(float(grade.score), 3)
+                rows.append(row)
+        marker = out_p / ".autograder" / "done" / sid / f"{aid}.json"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"digest": digest, "rows": rows}))
+        os.replace(tmp, marker)
+    return rows
+
+
+# ----------------------------------------------------------------------------- the batch
+
+def _tasks(batch: Batch, aids: list[str]) -> tuple[list[tuple[str, str, str]], list[dict]]:
+    """Submissions still to grade, and the rows of those already graded (by an earlier run)."""
+    out, subs = batch.out, batch.submissions
+    students = sorted(p.name for p in subs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    todo, done_rows = [], []
+    for sid in students:
+        for aid in aids:
+            src = subs / sid / aid
+            settings = json.dumps([batch.limits.as_dict(), batch.parameters], sort_keys=True)
+            digest = _digest(_files(src) + _files(batch.root / "solutions" / aid)) + "-" + \
+                hashlib.sha256(settings.encode()).hexdigest()[:8]
+            marker = out / ".autograder" / "done" / sid / f"{aid}.json"
+            if marker.exists():
+                try:
+                    saved = json.loads(marker.read_text())
+                except ValueError:
+                    saved = {}
+                if saved.get("digest") == digest:
+                    done_rows += saved["rows"]
+                    continue
+            dest = out / "submitted" / sid / aid
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            for f in _files(src):
+                target = dest / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+            todo.append((sid, aid, digest))
+    return todo, done_rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tests = []
+    for row in rows:
+        tests += [k for k in row if k not in BASE_COLUMNS and k not in tests]
+    rows = sorted(rows, key=lambda r: (r["student_id"], r["assignment_id"], r["notebook_id"]))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BASE_COLUMNS + tests, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary(rows: list[dict], seconds: float) -> str:
+    lines = [f"{'status':<10}{'notebooks':>10}{'mean score':>12}", "-" * 32]
+    for status in STATUSES:
+        sel = [r for r in rows if r["status"] == status]
+        if sel:
+            mean = sum(r["score"] for r in sel) / len(sel)
+            lines.append(f"{status:<10}{len(sel):>10}{mean:>12.2f}")
+    lines.append("-" * 32)
+    lines.append(f"{'total':<10}{len(rows):>10}   in {seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def grade_batch(batch: Batch) -> list[dict]:
+    """Grade every submission of the batch; returns the rows written to ``grades.csv``."""
+    from tqdm.auto import tqdm
+
+    from .sandbox import bwrap_path
+
+    ensure_venv_on_path()
+    bwrap_path()
+    start = time.monotonic()
+    out = batch.out.resolve()
+    batch.out = out
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / ".autograder" / "jobs", ignore_errors=True)   # scratch left by a killed batch
+    (out / ".autograder" / "jobs").mkdir(parents=True, exist_ok=True)
+    available = assignments(batch.root)
+    if batch.assignment:
+        if batch.assignment not in available:
+            raise SystemExit(f"unknown assignment {batch.assignment!r}: solutions/ has {available}")
+        aids = [batch.assignment]
+    else:
+        aids = [a for a in available if any((s / a).is_dir() for s in batch.submissions.iterdir())]
+    with FileLock(out / ".autograder" / "gradebook.lock"):
+        generate(aids, root=batch.root, release_dir=out / "release", course_dir=out, use_db=True)
+    todo, rows = _tasks(batch, aids)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, batch.jobs), mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(grade_one, str(out), str(batch.root), sid, aid, digest,
+                               batch.limits.as_dict(), batch.parameters): (sid, aid)
+                   for sid, aid, digest in todo}
+        bar = tqdm(as_completed(futures), total=len(futures), desc="grading", unit="submission",
+                   disable=not batch.progress)
+        for fut in bar:
+            sid, aid = futures[fut]
+            try:
+                rows += fut.result()
+            except Exception as exc:   # a grader bug: report it, keep the batch going
+                rows.append({"student_id": sid, "assignment_id": aid, "notebook_id": "?", "score": 0.0,
+                             "max_score": 0.0, "status": "error", "notes": f"grader failure: {exc!r}"[:300],
+                             "seconds": 0.0})
+    write_csv(rows, out / "grades.csv")
+    print(summary(rows, time.monotonic() - start))
+    return rows
