@@ -81,7 +81,11 @@ def bwrap_command(job: Path, limits: Limits) -> list[str]:
            "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
     for system in ("/usr", "/etc", "/bin", "/lib", "/lib64", "/sbin"):
         cmd += ["--ro-bind-try", system, system]
-    made = set()
+    # The private /tmp comes first: the course environment may itself live under /tmp (a CI clone,
+    # say), and a tmpfs mounted after its bind would hide it.
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", *(["--size", str(limits.tmp_bytes)] if _bwrap_has("--size") else []), "--tmpfs", "/tmp"]
+    made = {"/tmp"}
     for path in course_environment() + [SANDBOX_RUNNER, SANDBOX_HOME]:
         for parent in reversed(Path(path).parents):   # bwrap would make them 0700: unreadable
             if str(parent) not in ("/", *made) and not str(parent).startswith(("/usr", "/etc")):
@@ -90,8 +94,6 @@ def bwrap_command(job: Path, limits: Limits) -> list[str]:
     for path in course_environment():
         cmd += ["--ro-bind", path, path]
     cmd += ["--ro-bind", str(RUNNER), SANDBOX_RUNNER,
-            "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", *(["--size", str(limits.tmp_bytes)] if _bwrap_has("--size") else []), "--tmpfs", "/tmp",
             "--bind", str(job / "scratch"), SANDBOX_HOME,
             "--bind", str(job / "io"), SANDBOX_IO,
             "--chdir", SANDBOX_HOME, "--clearenv"]

@@ -102,3 +102,18 @@ def test_wall_time_limit_kills_the_sandbox(tmp_path):
     took = time.monotonic() - start
     assert result.ended == "wall_timeout", f"expected the notebook time limit to end the run; ended {result.ended}"
     assert took < 15, f"the sandbox should be killed at the 6 s limit; took {took:.1f} s"
+
+
+def test_private_tmp_is_mounted_before_the_course_environment(tmp_path, monkeypatch):
+    """A clone under /tmp (as CI may make) must stay visible: bwrap applies mounts in order, so the
+    sandbox's private /tmp has to come before the read-only binds of the venv, diffcourse and zoo/."""
+    import autograder.sandbox as sandbox
+
+    fake_env = ["/tmp/some-ci-clone/.venv", "/tmp/some-ci-clone/diffcourse", "/usr/lib/python3"]
+    monkeypatch.setattr(sandbox, "course_environment", lambda: fake_env)
+    cmd = sandbox.bwrap_command(tmp_path, Limits())
+    tmpfs = cmd.index("--tmpfs")
+    assert cmd[tmpfs + 1] == "/tmp", f"expected `--tmpfs /tmp`, got {cmd[tmpfs:tmpfs + 2]}"
+    for path in fake_env:
+        bind = next(i for i in range(len(cmd) - 2) if cmd[i] == "--ro-bind" and cmd[i + 1] == path)
+        assert bind > tmpfs, f"{path} is bound before the private /tmp is mounted, which would hide it"
