@@ -23,6 +23,8 @@ class Limits:
     max_file_bytes: int = 64 * MiB         # largest file it may write (RLIMIT_FSIZE)
     tmp_bytes: int = 256 * MiB             # size of its private /tmp
     max_output_bytes_per_cell: int = 100_000   # text kept per cell in the graded notebook
+    max_output_lines_per_cell: int = 800       # lines kept per cell (below nbgrader's LimitOutput, 1000,
+                                               # which would otherwise drop our truncation note)
     max_image_bytes: int = 2 * MiB         # larger images are replaced by a note
 
     def as_dict(self) -> dict:

@@ -27,7 +27,7 @@ import time
 import traceback
 from queue import Empty
 
-TRUNCATION_NOTE = "\n[autograder: output truncated: this cell printed more than {limit} bytes]\n"
+TRUNCATION_NOTE = "\n[autograder: output truncated: this cell printed more than {limit} bytes or {lines} lines]\n"
 
 
 def _set_limits(cfg: dict) -> None:
@@ -64,6 +64,7 @@ def _make_engine(cfg: dict):
     from papermill.engines import NBClientEngine
 
     cell_limit = cfg["max_output_bytes_per_cell"]
+    line_limit = cfg["max_output_lines_per_cell"]
     image_limit = cfg["max_image_bytes"]
 
     class KernelIgnoredInterrupt(DeadKernelError):
@@ -75,6 +76,7 @@ def _make_engine(cfg: dict):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._bytes_per_cell: dict[int, int] = {}
+            self._lines_per_cell: dict[int, int] = {}
             self._truncated: set[int] = set()
             self._timed_out = False
             self._timed_out_cell = None
@@ -91,14 +93,16 @@ def _make_engine(cfg: dict):
                                       f"removed (limit {image_limit})]"}}}
                     size = 100
             used = self._bytes_per_cell.get(cell_index, 0)
-            if used + size > cell_limit:
+            lines = self._lines_per_cell.get(cell_index, 0) + str(content.get("text", "")).count("\n")
+            if used + size > cell_limit or lines > line_limit:
                 if cell_index not in self._truncated:
                     self._truncated.add(cell_index)
                     note = {**msg, "msg_type": "stream", "content": {
-                        "name": "stderr", "text": TRUNCATION_NOTE.format(limit=cell_limit)}}
+                        "name": "stderr", "text": TRUNCATION_NOTE.format(limit=cell_limit, lines=line_limit)}}
                     return super().output(outs, note, None, cell_index)
                 return None
             self._bytes_per_cell[cell_index] = used + size
+            self._lines_per_cell[cell_index] = lines
             return super().output(outs, msg, display_id, cell_index)
 
         async def _async_handle_timeout(self, timeout, cell=None):
