@@ -2,6 +2,8 @@
 
     python -m diffcourse.train toy --dataset two_moons --out zoo/toy_two_moons.safetensors
     python -m diffcourse.train toy --dataset two_moons --out zoo/toy_two_moons.safetensors --update-manifest
+    python -m diffcourse.train digits --out zoo/digits_unet.safetensors            # the U-Net, train split (§2.1)
+    python -m diffcourse.train classifier --out zoo/digit_classifier.safetensors   # the judge, held-out split (§2.3)
 
 Every option has a default, and the file records the *canonical* command -- every option
 written out, ``--update-manifest`` left off -- so the manifest always shows exactly how to
@@ -20,13 +22,16 @@ import shlex
 import sys
 
 import torch
+from torch import nn
 
 from . import zoo
-from .models import ToyMLP, ToyMLPConfig
+from .models import DigitClassifier, DigitClassifierConfig, ToyMLP, ToyMLPConfig, UNet, UNetConfig
 from .schedules import make_schedule
-from .training import TrainConfig, save_checkpoint, train
+from .training import METADATA_KEY, TrainConfig, save_checkpoint, train
 
 TOY_PRESETS = {"tiny": ToyMLPConfig.tiny, "small": ToyMLPConfig.small}
+UNET_PRESETS = {"tiny": UNetConfig.tiny, "digits": UNetConfig.digits}
+CLASSIFIER_PRESETS = {"tiny": DigitClassifierConfig.tiny, "small": DigitClassifierConfig}
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -85,15 +90,146 @@ def train_toy(args: argparse.Namespace) -> dict:
     return dict(info, seconds=result.history.seconds)
 
 
+def _digits_parser(sub) -> None:
+    p = sub.add_parser("digits", parents=[_common_options()],
+                       help="a U-Net on the train split of the 8x8 digits (book §2.1, §3)")
+    p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
+    p.add_argument("--preset", default="digits", choices=sorted(UNET_PRESETS))
+    p.add_argument("--size", type=int, default=8, help="image size: 8 (native) or 16 (bilinear)")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--schedule", default="linear")
+    p.add_argument("--T", type=int, default=1000)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "sample", "v_prediction"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (the zoo's checkpoints) or cuda")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
+    p.add_argument("--weights-dtype", default="float16", choices=["float32", "float16"],
+                   help="dtype of the stored weights (float16 halves the file; they load into a float32 model)")
+
+
+def train_digits(args: argparse.Namespace) -> dict:
+    """Train a U-Net on the **train** split of the digits and save its EMA weights (book §2.1).
+
+    The checkpoint's metadata keeps a 50-point smoothed loss curve, so the book can plot it without training.
+    """
+    from .data.digits import load_digits
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)                                   # model initialisation
+    x0, _ = load_digits("train", args.size)                        # (1442, 1, size, size) in [-1, 1]
+    model = UNet(UNetConfig(**dict(UNET_PRESETS[args.preset]().to_dict(), sample_size=args.size)))
+    schedule = make_schedule(args.schedule, args.T)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
+                         prediction_type=args.prediction_type, seed=args.seed, device=args.device,
+                         progress=args.progress)
+    result = train(model, x0, schedule, config)
+    smooth = result.history.smoothed(100)
+    every = max(1, len(smooth) // 50)
+    info = dict(dataset=f"digits-train-{args.size}", steps=args.steps, seed=args.seed, weights="ema",
+                final_loss=round(result.history.final_loss(), 5), command=canonical_command(args),
+                loss_curve=[[i + 1, round(smooth[i], 5)] for i in range(every - 1, len(smooth), every)])
+    save_checkpoint(args.out, result.ema_model(), schedule=schedule, prediction_type=args.prediction_type, **info)
+    if args.weights_dtype == "float16":
+        _store_half(args.out)
+    return dict(info, seconds=result.history.seconds)
+
+
+def _store_half(path) -> None:
+    """Rewrite a checkpoint's weights as float16, metadata unchanged (book §2.1: a smaller zoo).
+
+    ``load_checkpoint`` copies them into the model's float32 parameters; on the digits U-Net the
+    rounding changes its outputs by about 1e-3 of their scale, far below the sampling noise.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in f.keys()}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _classifier_parser(sub) -> None:
+    p = sub.add_parser("classifier", parents=[_common_options()],
+                       help="the digit classifier behind the digit FID, on the held-out split (book §2.3)")
+    p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
+    p.add_argument("--preset", default="small", choices=sorted(CLASSIFIER_PRESETS))
+    p.add_argument("--size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--folds", type=int, default=5, help="k of the k-fold cross-validation that is reported")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
+
+
+def train_classifier_cli(args: argparse.Namespace) -> dict:
+    """Train the digit classifier on the **held-out** split only, and report honest accuracies (book §2.3).
+
+    Two numbers are recorded: the k-fold cross-validated accuracy within the held-out split (each fold
+    trained from scratch on the other k-1 folds), and the accuracy of the final classifier (trained on
+    the whole held-out split) on the 1442 train-split digits, which it never saw.
+    """
+    import time
+
+    from .data.digits import load_digits
+    from .models.classifier import accuracy, train_classifier
+
+    torch.set_num_threads(args.threads)
+    make_config = CLASSIFIER_PRESETS[args.preset]
+    x, y = load_digits("heldout", args.size)                       # (355, 1, s, s), (355,)
+    start = time.perf_counter()
+    folds = torch.arange(len(x)) % args.folds                      # deterministic, stratified enough
+    correct = 0
+    for k in range(args.folds):
+        torch.manual_seed(args.seed + 1 + k)
+        fit, val = folds != k, folds == k
+        m = train_classifier(DigitClassifier(make_config()), x[fit], y[fit], steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed + 1 + k, progress=False)
+        correct += accuracy(m, x[val], y[val]) * int(val.sum())
+    torch.manual_seed(args.seed)
+    model = train_classifier(DigitClassifier(make_config()), x, y, steps=args.steps, batch_size=args.batch_size,
+                             lr=args.lr, seed=args.seed, progress=args.progress)
+    x_tr, y_tr = load_digits("train", args.size)
+    info = dict(dataset=f"digits-heldout-{args.size}", steps=args.steps, seed=args.seed, task="classification",
+                cv_folds=args.folds, cv_accuracy=round(correct / len(x), 4),
+                train_split_accuracy=round(accuracy(model, x_tr, y_tr), 4), command=canonical_command(args))
+    save_classifier(args.out, model, **info)
+    return dict(info, seconds=time.perf_counter() - start)
+
+
+def save_classifier(path, model: nn.Module, **info) -> None:
+    """Save a classifier in the zoo's safetensors format (no noise schedule: it is not a denoiser) (book §2.3)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .models import config_of
+
+    class_name, config = config_of(model)
+    meta = dict(info, model_class=class_name, config=config, format=1,
+                schedule=None, T=None, prediction_type=None)      # not a denoiser: no schedule, no target
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffcourse.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _toy_parser(sub)
+    _digits_parser(sub)
+    _classifier_parser(sub)
     args = parser.parse_args(argv)
 
-    info = train_toy(args)
-    print(f"wrote {args.out}: final loss {info['final_loss']:.4f}, "
-          f"{info['seconds']:.1f} s, {os.path.getsize(args.out) / 1024:.0f} KiB")
+    info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli}[args.command](args)
+    if "cv_accuracy" in info:
+        print(f"classifier: {info['cv_folds']}-fold CV accuracy {info['cv_accuracy']:.3f}, "
+              f"accuracy on the unseen train split {info['train_split_accuracy']:.3f}")
+    loss = f"final loss {info['final_loss']:.4f}, " if "final_loss" in info else ""
+    print(f"wrote {args.out}: {loss}{info['seconds']:.1f} s, {os.path.getsize(args.out) / 1024:.0f} KiB")
     if args.update_manifest:
         entry = zoo.register(args.out, name=args.name, train_seconds=round(info["seconds"], 1))
         print(f"manifest {zoo.manifest_path(args.out)}: {entry['name']} sha256 {entry['sha256'][:16]}...")

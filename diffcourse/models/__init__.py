@@ -9,12 +9,17 @@ from __future__ import annotations
 from torch import nn
 
 from .embeddings import TimeMLP, sinusoidal_embedding
+from .classifier import DigitClassifier, DigitClassifierConfig
 from .mlp import ToyMLP, ToyMLPConfig
+from .unet import UNet, UNetConfig
 
-__all__ = ["MODELS", "build_model", "config_of", "sinusoidal_embedding", "TimeMLP", "ToyMLP", "ToyMLPConfig"]
+__all__ = ["MODELS", "build_model", "config_of", "sinusoidal_embedding", "TimeMLP", "ToyMLP", "ToyMLPConfig",
+           "UNet", "UNetConfig", "DigitClassifier", "DigitClassifierConfig"]
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "ToyMLP": (ToyMLP, ToyMLPConfig),
+    "UNet": (UNet, UNetConfig),                          # §2.1 digits, §3
+    "DigitClassifier": (DigitClassifier, DigitClassifierConfig),  # §2.3 the digit FID
 }
 
 
