@@ -34,9 +34,10 @@ $(MATHJAX):
 	tar xzf build/mathjax/mathjax-$(MATHJAX_VERSION).tgz -C book/_static/mathjax --strip-components=2 package/es5
 	test -f $@
 
-# System packages the tests need (bubblewrap for the grading sandbox), from Debian's repositories.
+# System packages the tests need, from Debian's repositories: bubblewrap (the grading sandbox) and
+# chromium (the browser tests drive it through Playwright, which never downloads a browser of its own).
 sysdeps:
-	@command -v bwrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+	@{ command -v bwrap >/dev/null && test -x /usr/bin/chromium; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap chromium >/dev/null; }
 
 book: $(STAMP) $(MATHJAX)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet

@@ -108,6 +108,7 @@ def test_a_warning_or_a_failing_cell_fails_the_build(tmp_path):
         (book / "_toc.yml").write_text("format: jb-book\nroot: page\n")
         (book / "page.md").write_text(body)
         (book / "book" / "_static").mkdir(parents=True)
+        shutil.copytree(ROOT / "book" / "_ext", book / "book" / "_ext")
         result = _build(book)
         if name == "clean":
             assert result.returncode == 0, f"a clean scratch book failed to build:\n{result.stdout[-3000:]}"
