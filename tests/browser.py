@@ -159,7 +159,13 @@ _MATH_PROBLEMS = r"""() => {
   const problems = [];
   for (const el of document.querySelectorAll('span.math, div.math')) {
     const tex = (el.getAttribute('data-tex') || el.textContent).trim().slice(0, 80);
-    if (!el.querySelector('mjx-container')) problems.push('not rendered by MathJax: ' + tex);
+    const box = el.querySelector('mjx-container');
+    if (!box) problems.push('not rendered by MathJax: ' + tex);
+    // A display equation wider than the text column is cut off and has to be scrolled sideways:
+    // break it over lines (aligned) instead.
+    else if (el.tagName === 'DIV' && box.scrollWidth > el.clientWidth + 2)
+      problems.push('display equation wider than the text column (' + box.scrollWidth + ' px > '
+                    + el.clientWidth + ' px): ' + tex);
   }
   // MathJax's own parse trees: an merror node is a TeX error (e.g. a missing brace); the noundefined
   // extension turns an undefined macro into an mtext holding its name (drawn in red, no merror).

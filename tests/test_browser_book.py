@@ -212,6 +212,7 @@ BROKEN_PAGES = {   # page -> (the check its defect must fail, a phrase of the ex
     "missing_argument": ("math", "MathJax error"),
     "undefined_macro": ("math", "undefined TeX macro \\alphabar"),
     "raw_dollars": ("math", "raw TeX left in the text"),
+    "wide_equation": ("math", "display equation wider than the text column"),
     "cdn_script": ("requests to other hosts", "https://cdn.jsdelivr.net/"),
     "js_error": ("console errors", "notDefinedAnywhere"),
     "frozen_animation": ("animations", "did not change its frame"),
