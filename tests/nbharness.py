@@ -51,3 +51,60 @@ def run_tests(nb, overrides: dict[str, str] | None = None, *, skip: tuple[str, .
         else:
             exec(compile(source, gid or "<cell>", "exec"), ns)
     return results
+
+
+def assert_mistake_caught(results: dict[str, str | None], k: int, what: str, fragment: str) -> None:
+    """Exercise ``k``'s test cells reject the mistake ``what`` with a message containing ``fragment``,
+    and no other exercise's tests fail because of it (exercises stay independent)."""
+    mine = {gid: msg for gid, msg in results.items() if gid.startswith(f"test_ex{k}_")}
+    failures = [msg for msg in mine.values() if msg]
+    assert failures, f"exercise {k}: the wrong implementation '{what}' passed every test ({mine})"
+    assert any(fragment in msg for msg in failures), (
+        f"exercise {k}, mistake '{what}': expected a failure message containing {fragment!r}; got {failures}")
+    others = {gid: msg for gid, msg in results.items() if msg and not gid.startswith(f"test_ex{k}_")}
+    assert not others, f"a mistake in exercise {k} must not fail other exercises' tests: {others}"
+
+
+def assert_release_in_sync(assignment: str, notebook: str) -> None:
+    """``notebooks/{assignment}/{notebook}.ipynb`` equals a fresh nbgrader release of ``solutions/``."""
+    import tempfile
+
+    from autograder.release import _canonical, generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "release"
+        generate([assignment], root=REPO, release_dir=fresh, course_dir=Path(tmp))
+        old = REPO / "notebooks" / assignment / f"{notebook}.ipynb"
+        assert old.exists(), f"{old} is missing; run `python -m autograder release {assignment}`"
+        assert _canonical(fresh / assignment / f"{notebook}.ipynb") == _canonical(old), (
+            f"notebooks/{assignment}/{notebook}.ipynb differs from a fresh release of solutions/; "
+            f"run `python -m autograder release {assignment}`")
+
+
+def assert_full_marks_and_zero(assignment: str, notebook: str, max_score: float, tmp_path: Path) -> None:
+    """Grade the solution and the untouched release with the real autograder (sandbox, papermill,
+    nbgrader): the solution scores ``max_score`` with status ok in well under 30 s, the release 0."""
+    import csv
+    import subprocess
+    import sys
+
+    from autograder.demo import load_pair, student_copy
+
+    release, solution = load_pair(assignment, notebook)
+    for student, nb in [("solved", student_copy(release, solution)), ("untouched", release)]:
+        folder = tmp_path / "submissions" / student / assignment
+        folder.mkdir(parents=True)
+        nbformat.write(nb, str(folder / f"{notebook}.ipynb"))
+    out = tmp_path / "grades"
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submissions", str(tmp_path / "submissions"),
+                             "--assignment", assignment, "--jobs", "2", "--out", str(out), "--no-progress"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert (out / "grades.csv").exists(), f"grading failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    rows = {r["student_id"]: r for r in csv.DictReader((out / "grades.csv").open())}
+    solved, untouched = rows["solved"], rows["untouched"]
+    assert float(solved["score"]) == float(solved["max_score"]) == max_score, (
+        f"the solution should score {max_score}/{max_score}; got {solved['score']}/{solved['max_score']} "
+        f"({solved['status']}: {solved['notes']})")
+    assert solved["status"] == "ok", f"the solution should grade cleanly; status {solved['status']}: {solved['notes']}"
+    assert float(untouched["score"]) == 0, f"the untouched released notebook should score 0; got {untouched['score']}"
+    assert float(solved["seconds"]) < 30, f"grading the solution took {solved['seconds']} s; it must stay well under 30 s"

@@ -7,17 +7,13 @@ The cells run in-process through ``tests/nbharness.py``.
 """
 from __future__ import annotations
 
-import csv
-import subprocess
-import sys
-import tempfile
 from functools import lru_cache
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from nbharness import REPO, load_solution, run_tests as _run
+from nbharness import (REPO, assert_full_marks_and_zero, assert_mistake_caught, assert_release_in_sync, load_solution,
+                       run_tests as _run)
 
 ASSIGNMENT, NOTEBOOK = "ch02_sampling", "sampling"
 SKIP = ("explorer", "fast_path", "plot")
@@ -220,11 +216,7 @@ def test_solution_passes_every_test():
 def test_wrong_implementation_is_rejected_with_a_pointed_message(cell, what, code, fragment):
     k = int(cell[2])
     results = run_tests({cell: code}, only=k)
-    mine = {gid: msg for gid, msg in results.items() if gid.startswith(f"test_ex{k}_")}
-    failures = [msg for msg in mine.values() if msg]
-    assert failures, f"exercise {k}: the wrong implementation '{what}' passed every test ({mine})"
-    assert any(fragment in msg for msg in failures), (
-        f"exercise {k}, mistake '{what}': expected a failure message containing {fragment!r}; got {failures}")
+    assert_mistake_caught(results, k, what, fragment)
 
 
 @pytest.mark.parametrize("cell", sorted(RIGHT))
@@ -261,35 +253,9 @@ def test_released_notebook_has_stubs_and_no_secrets():
 
 
 def test_released_notebook_is_generated_from_the_solution():
-    from autograder.release import _canonical, generate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp) / "release"
-        generate([ASSIGNMENT], root=REPO, release_dir=fresh, course_dir=Path(tmp))
-        new = fresh / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
-        old = REPO / "notebooks" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"
-        assert _canonical(new) == _canonical(old), (
-            f"notebooks/{ASSIGNMENT}/{NOTEBOOK}.ipynb differs from a fresh release; run `python -m autograder release {ASSIGNMENT}`")
+    assert_release_in_sync(ASSIGNMENT, NOTEBOOK)
 
 
 @pytest.mark.slow
 def test_autograder_gives_the_solution_full_marks_and_the_released_notebook_zero(tmp_path):
-    from autograder.demo import load_pair, student_copy
-
-    release, sol = load_pair(ASSIGNMENT, NOTEBOOK)
-    for student, nb in [("solved", student_copy(release, sol)), ("untouched", release)]:
-        folder = tmp_path / "submissions" / student / ASSIGNMENT
-        folder.mkdir(parents=True)
-        nbformat.write(nb, str(folder / f"{NOTEBOOK}.ipynb"))
-    out = tmp_path / "grades"
-    result = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submissions", str(tmp_path / "submissions"),
-                             "--assignment", ASSIGNMENT, "--jobs", "2", "--out", str(out), "--no-progress"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert (out / "grades.csv").exists(), f"grading failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    rows = {r["student_id"]: r for r in csv.DictReader((out / "grades.csv").open())}
-    solved, untouched = rows["solved"], rows["untouched"]
-    assert float(solved["score"]) == float(solved["max_score"]) == MAX_SCORE, (
-        f"the solution should score {MAX_SCORE}/{MAX_SCORE}; got {solved['score']}/{solved['max_score']} "
-        f"({solved['status']}: {solved['notes']})")
-    assert float(untouched["score"]) == 0, f"the untouched released notebook should score 0; got {untouched['score']}"
-    assert float(solved["seconds"]) < 30, f"grading the solution took {solved['seconds']} s; it must stay well under 30 s"
+    assert_full_marks_and_zero(ASSIGNMENT, NOTEBOOK, MAX_SCORE, tmp_path)
