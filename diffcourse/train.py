@@ -44,13 +44,11 @@ def _common_options() -> argparse.ArgumentParser:
     return p
 
 
-def _toy_parser(sub) -> None:
-    p = sub.add_parser("toy", parents=[_common_options()], help="a ToyMLP on a 2-D toy dataset (book §2.1)")
-    p.add_argument("--dataset", required=True, help="two_moons, swiss_roll, eight_gaussians or checkerboard")
-    p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
-    p.add_argument("--preset", default="small", choices=sorted(TOY_PRESETS))
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=512)
+def _diffusion_options(p: argparse.ArgumentParser, steps: int, batch_size: int) -> None:
+    """The options of every diffusion-model training command, in one order (it is the order of the
+    recorded reproduce command, so changing it changes every checkpoint's metadata and hash)."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--schedule", default="linear")
@@ -59,6 +57,14 @@ def _toy_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (the zoo's checkpoints) or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
+
+
+def _toy_parser(sub) -> None:
+    p = sub.add_parser("toy", parents=[_common_options()], help="a ToyMLP on a 2-D toy dataset (book §2.1)")
+    p.add_argument("--dataset", required=True, help="two_moons, swiss_roll, eight_gaussians or checkerboard")
+    p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
+    p.add_argument("--preset", default="small", choices=sorted(TOY_PRESETS))
+    _diffusion_options(p, steps=6000, batch_size=512)
 
 
 def canonical_command(args: argparse.Namespace) -> str:
@@ -96,16 +102,7 @@ def _digits_parser(sub) -> None:
     p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
     p.add_argument("--preset", default="digits", choices=sorted(UNET_PRESETS))
     p.add_argument("--size", type=int, default=8, help="image size: 8 (native) or 16 (bilinear)")
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--schedule", default="linear")
-    p.add_argument("--T", type=int, default=1000)
-    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "sample", "v_prediction"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (the zoo's checkpoints) or cuda")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
+    _diffusion_options(p, steps=5000, batch_size=128)
     p.add_argument("--weights-dtype", default="float16", choices=["float32", "float16"],
                    help="dtype of the stored weights (float16 halves the file; they load into a float32 model)")
 
@@ -216,12 +213,18 @@ def save_classifier(path, model: nn.Module, **info) -> None:
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m diffcourse.train`` parser with its toy, digits and classifier subcommands."""
     parser = argparse.ArgumentParser(prog="python -m diffcourse.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _toy_parser(sub)
     _digits_parser(sub)
     _classifier_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli}[args.command](args)

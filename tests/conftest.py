@@ -1,6 +1,7 @@
 """Shared test configuration.
 
 - Tests marked ``gpu`` skip on machines without CUDA.
+- ``one_thread``: torch on one thread for the test, restored after.
 - ``built_book``: the book built once per session exactly as ``make book`` builds it (same
   command, same ``_build`` folder, so the execution cache is shared); fails on any warning.
 """
@@ -31,6 +32,17 @@ def built_book() -> pathlib.Path:
         "the book did not build cleanly (warnings and cell errors are failures).\n"
         f"--- stdout (tail) ---\n{result.stdout[-4000:]}\n--- stderr (tail) ---\n{result.stderr[-4000:]}")
     return HTML
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors run many times faster on one torch thread than on two fighting over a busy
+    2-core CPU, and training on one thread is repeatable. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``; the thread count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_collection_modifyitems(config, items):

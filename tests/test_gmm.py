@@ -17,13 +17,7 @@ from diffcourse.gmm import (GaussianMixture, alpha_bar_at, anisotropic_mixture, 
 from diffcourse.schedules import make_schedule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is many times faster than two fighting over a busy 2-core CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

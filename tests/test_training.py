@@ -19,13 +19,7 @@ from diffcourse.training import (TrainConfig, load_checkpoint, read_metadata, sa
                                  schedule_of, train)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest (and repeatably) on one CPU thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0) -> ToyMLP:

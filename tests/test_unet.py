@@ -14,12 +14,7 @@ from diffcourse.schedules import make_schedule
 from diffcourse.training import TrainConfig, load_checkpoint, save_checkpoint, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(seed: int = 0, **changes) -> UNet:

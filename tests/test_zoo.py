@@ -184,3 +184,16 @@ def test_command_line_verify_passes_on_the_shipped_zoo_and_fails_on_an_altered_c
     assert zoo.main(["verify"]) == 1, "`python -m diffcourse.zoo verify` should exit 1 when a checkpoint is altered"
     out = capsys.readouterr().out
     assert "toy_swiss_roll" in out and "altered" in out, f"the verify output should name the altered entry:\n{out}"
+
+
+def test_every_recorded_command_is_the_canonical_form_the_trainer_records():
+    """Parsing a manifest command and writing it out again gives the same string: the command a rebuild
+    records in the checkpoint's metadata (and so its hash) is exactly the shipped one."""
+    from diffcourse.train import build_parser, canonical_command
+
+    for name in zoo.names():
+        recorded = zoo.entry(name)["command"]
+        args = build_parser().parse_args(shlex.split(recorded)[3:])
+        assert canonical_command(args) == recorded, (
+            f"{name}: the trainer would now record\n  {canonical_command(args)}\nbut the manifest has\n  {recorded}\n"
+            "(an option was added, removed or reordered in diffcourse/train.py)")
