@@ -2,7 +2,7 @@
 #   make book   build the book into _build/html (executes the chapters, cached)
 #   make test   run the whole test suite
 #   make lab    JupyterLab on the student notebooks
-#   make bench  benchmarks (sampler loop overhead against diffusers; grading throughput)
+#   make bench  benchmarks (sampler loop overhead and U-Net speed against diffusers; grading throughput)
 #   make grade  grade the demo class with the autograder
 #   make release regenerate notebooks/ from solutions/ with nbgrader
 #   make zoo    retrain the shipped checkpoints and check their hashes
@@ -51,6 +51,7 @@ lab: $(STAMP)
 
 bench: $(STAMP) sysdeps
 	$(PY) benchmarks/bench_samplers.py
+	$(PY) benchmarks/bench_unet.py
 	$(PY) benchmarks/bench_grading.py --students 8 --jobs 2
 
 grade: $(STAMP) sysdeps

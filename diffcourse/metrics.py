@@ -21,7 +21,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-__all__ = ["gaussian_stats", "frechet_distance", "classifier_features", "digit_fid", "confident_share",
+__all__ = ["gaussian_stats", "frechet_distance", "classifier_features", "digit_fid", "confident_share", "class_agreement",
            "real_floor", "load_digit_classifier", "reference_stats", "CLASSIFIER_NAME"]
 
 CLASSIFIER_NAME = "digit_classifier"
@@ -99,6 +99,25 @@ def confident_share(samples: torch.Tensor, classifier: nn.Module, threshold: flo
     device = next(classifier.parameters()).device
     probs = torch.softmax(classifier(samples.clamp(-1, 1).to(device, torch.float32)), dim=-1)   # (N, 10)
     return float((probs.max(dim=-1).values > threshold).float().mean())
+
+
+@torch.no_grad()
+def class_agreement(samples: torch.Tensor, labels: torch.Tensor, classifier: nn.Module,
+                    num_classes: int = 10) -> torch.Tensor:
+    """Per requested class, the share of samples the classifier assigns to that class (book §3.5).
+
+    ``samples`` (N, 1, H, W) in [-1, 1], ``labels`` (N,) the classes they were generated for.
+    Returns (num_classes,) float shares; a class with no samples gets NaN. The mean over classes is
+    the chapter's headline number for a class-conditional model.
+    """
+    labels = torch.as_tensor(labels).cpu().long()
+    if labels.shape != (len(samples),):
+        raise ValueError(f"need one label per sample: {len(samples)} samples, labels of shape {tuple(labels.shape)}")
+    device = next(classifier.parameters()).device
+    predicted = classifier(samples.clamp(-1, 1).to(device, torch.float32)).argmax(-1).cpu()   # (N,)
+    hits = torch.zeros(num_classes).index_add_(0, labels, (predicted == labels).float())
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    return hits / counts                                                  # (num_classes,), NaN where no samples
 
 
 def real_floor(n: int, classifier: nn.Module, reference=None, seed: int = 0, size: int = 8) -> float:

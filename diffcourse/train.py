@@ -3,7 +3,9 @@
     python -m diffcourse.train toy --dataset two_moons --out zoo/toy_two_moons.safetensors
     python -m diffcourse.train toy --dataset two_moons --out zoo/toy_two_moons.safetensors --update-manifest
     python -m diffcourse.train digits --out zoo/digits_unet.safetensors            # the U-Net, train split (§2.1)
+    python -m diffcourse.train digits --num-classes 10 --out zoo/digits_cond_unet.safetensors   # class-conditional (§3.5)
     python -m diffcourse.train classifier --out zoo/digit_classifier.safetensors   # the judge, held-out split (§2.3)
+    python -m diffcourse.train diffusers-digits --out zoo/digits_diffusers         # diffusers' UNet2DModel (§3.7)
 
 Every option has a default, and the file records the *canonical* command -- every option
 written out, ``--update-manifest`` left off -- so the manifest always shows exactly how to
@@ -20,6 +22,7 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,7 +30,7 @@ from torch import nn
 from . import zoo
 from .models import DigitClassifier, DigitClassifierConfig, ToyMLP, ToyMLPConfig, UNet, UNetConfig
 from .schedules import make_schedule
-from .training import METADATA_KEY, TrainConfig, save_checkpoint, train
+from .training import METADATA_KEY, TrainConfig, make_readable, save_checkpoint, train
 
 TOY_PRESETS = {"tiny": ToyMLPConfig.tiny, "small": ToyMLPConfig.small}
 UNET_PRESETS = {"tiny": UNetConfig.tiny, "digits": UNetConfig.digits}
@@ -67,13 +70,19 @@ def _toy_parser(sub) -> None:
     _diffusion_options(p, steps=6000, batch_size=512)
 
 
+# Options added after the first checkpoints were made: written into a command only when they differ
+# from these defaults, so the commands (and hashes) of the older zoo entries stay what they were.
+_ADDED_LATER = {"num_classes": 0, "p_uncond": 0.0, "skips": "on"}
+
+
 def canonical_command(args: argparse.Namespace) -> str:
     """The full command that reproduces ``args``' checkpoint: every option written out (book §2.1)."""
     skip = {"command", "update_manifest", "name", "progress"}
     parts = ["python", "-m", "diffcourse.train", args.command]
     for key, value in vars(args).items():
-        if key not in skip:
-            parts += [f"--{key.replace('_', '-')}", str(value)]
+        if key in skip or (key in _ADDED_LATER and value == _ADDED_LATER[key]):
+            continue
+        parts += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(parts)
 
 
@@ -105,6 +114,12 @@ def _digits_parser(sub) -> None:
     _diffusion_options(p, steps=5000, batch_size=128)
     p.add_argument("--weights-dtype", default="float16", choices=["float32", "float16"],
                    help="dtype of the stored weights (float16 halves the file; they load into a float32 model)")
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="10: class-conditional on the digit labels (book §3.5); 0: unconditional")
+    p.add_argument("--p-uncond", type=float, default=0.0,
+                   help="share of training labels replaced by 'no class' (for classifier-free guidance, §5)")
+    p.add_argument("--skips", default="on", choices=["on", "off"],
+                   help="off: a U-Net without skip connections (the ablation of §3.3)")
 
 
 def train_digits(args: argparse.Namespace) -> dict:
@@ -116,13 +131,23 @@ def train_digits(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)                                   # model initialisation
-    x0, _ = load_digits("train", args.size)                        # (1442, 1, size, size) in [-1, 1]
-    model = UNet(UNetConfig(**dict(UNET_PRESETS[args.preset]().to_dict(), sample_size=args.size)))
+    x0, y = load_digits("train", args.size)                        # (1442, 1, size, size) in [-1, 1], (1442,)
+    if args.num_classes not in (0, 10):
+        raise SystemExit(f"--num-classes must be 0 (unconditional) or 10 (the digits), got {args.num_classes}")
+    if not 0.0 <= args.p_uncond < 1.0 or (args.p_uncond and not args.num_classes):
+        raise SystemExit("--p-uncond must be in [0, 1) and needs --num-classes 10")
+    preset = UNET_PRESETS[args.preset]().to_dict()
+    model = UNet(UNetConfig(**dict(preset, sample_size=args.size, num_classes=args.num_classes,
+                                   skips=args.skips == "on")))
     schedule = make_schedule(args.schedule, args.T)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
                          prediction_type=args.prediction_type, seed=args.seed, device=args.device,
                          progress=args.progress)
-    result = train(model, x0, schedule, config)
+    if args.num_classes:
+        data = labelled_batches(x0, y, args.num_classes, args.p_uncond)
+        result = train(model, data, schedule, config, model_kwargs=lambda b: {"class_labels": b[1]})
+    else:
+        result = train(model, x0, schedule, config)
     smooth = result.history.smoothed(100)
     every = max(1, len(smooth) // 50)
     info = dict(dataset=f"digits-train-{args.size}", steps=args.steps, seed=args.seed, weights="ema",
@@ -132,6 +157,19 @@ def train_digits(args: argparse.Namespace) -> dict:
     if args.weights_dtype == "float16":
         _store_half(args.out)
     return dict(info, seconds=result.history.seconds)
+
+
+def labelled_batches(x0: torch.Tensor, y: torch.Tensor, num_classes: int, p_uncond: float = 0.0):
+    """A data source for :func:`diffcourse.training.train`: (x0, y) batches drawn with replacement, each
+    label replaced by the "no class" label ``num_classes`` with probability ``p_uncond`` (book §3.5, §5)."""
+    def draw(batch_size: int, generator: torch.Generator):
+        idx = torch.randint(len(x0), (batch_size,), generator=generator)
+        labels = y[idx].clone()
+        if p_uncond:
+            drop = torch.rand(batch_size, generator=generator) < p_uncond
+            labels[drop] = num_classes
+        return x0[idx], labels                                    # (B, 1, s, s), (B,)
+    return draw
 
 
 def _store_half(path) -> None:
@@ -147,6 +185,7 @@ def _store_half(path) -> None:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in f.keys()}
     save_file(tensors, str(path), metadata=meta)
+    make_readable(path)
 
 
 def _classifier_parser(sub) -> None:
@@ -211,15 +250,49 @@ def save_classifier(path, model: nn.Module, **info) -> None:
                 schedule=None, T=None, prediction_type=None)      # not a denoiser: no schedule, no target
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    make_readable(path)
+
+
+def _diffusers_parser(sub) -> None:
+    p = sub.add_parser("diffusers-digits", parents=[_common_options()],
+                       help="diffusers' UNet2DModel on the train split of the digits, saved as a pipeline (book §3.7)")
+    p.add_argument("--out", required=True, help="the pipeline folder to write with save_pretrained")
+    p.add_argument("--size", type=int, default=8, help="image size: 8 (native) or 16 (bilinear)")
+    _diffusion_options(p, steps=5000, batch_size=128)
+
+
+def train_diffusers_digits(args: argparse.Namespace) -> dict:
+    """Train a diffusers ``UNet2DModel`` with the course's loop and recipe, save it as a pipeline folder
+    (book §3.7): the same data, steps, optimiser, EMA and seed as ``digits``; float32 weights."""
+    from .data.digits import load_digits
+    from .models.diffusers_unet import DiffusersDenoiser, build_unet, save_pipeline
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)                                   # model initialisation
+    x0, _ = load_digits("train", args.size)                        # (1442, 1, size, size) in [-1, 1]
+    model = DiffusersDenoiser(build_unet(sample_size=args.size))
+    schedule = make_schedule(args.schedule, args.T)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
+                         prediction_type=args.prediction_type, seed=args.seed, device=args.device,
+                         progress=args.progress)
+    result = train(model, x0, schedule, config)
+    smooth = result.history.smoothed(100)
+    every = max(1, len(smooth) // 50)
+    info = dict(dataset=f"digits-train-{args.size}", steps=args.steps, seed=args.seed, weights="ema",
+                final_loss=round(result.history.final_loss(), 5), command=canonical_command(args),
+                loss_curve=[[i + 1, round(smooth[i], 5)] for i in range(every - 1, len(smooth), every)])
+    save_pipeline(args.out, result.ema_model().unet, schedule, prediction_type=args.prediction_type, **info)
+    return dict(info, seconds=result.history.seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m diffcourse.train`` parser with its toy, digits and classifier subcommands."""
+    """The ``python -m diffcourse.train`` parser with its toy, digits, classifier and diffusers-digits subcommands."""
     parser = argparse.ArgumentParser(prog="python -m diffcourse.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _toy_parser(sub)
     _digits_parser(sub)
     _classifier_parser(sub)
+    _diffusers_parser(sub)
     return parser
 
 
@@ -227,12 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli}[args.command](args)
+    info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli,
+            "diffusers-digits": train_diffusers_digits}[args.command](args)
     if "cv_accuracy" in info:
         print(f"classifier: {info['cv_folds']}-fold CV accuracy {info['cv_accuracy']:.3f}, "
               f"accuracy on the unseen train split {info['train_split_accuracy']:.3f}")
     loss = f"final loss {info['final_loss']:.4f}, " if "final_loss" in info else ""
-    print(f"wrote {args.out}: {loss}{info['seconds']:.1f} s, {os.path.getsize(args.out) / 1024:.0f} KiB")
+    size = (sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) if os.path.isdir(args.out)
+            else os.path.getsize(args.out))                       # a pipeline folder (§3.7) or one file
+    print(f"wrote {args.out}: {loss}{info['seconds']:.1f} s, {size / 1024:.0f} KiB")
     if args.update_manifest:
         entry = zoo.register(args.out, name=args.name, train_seconds=round(info["seconds"], 1))
         print(f"manifest {zoo.manifest_path(args.out)}: {entry['name']} sha256 {entry['sha256'][:16]}...")

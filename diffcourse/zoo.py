@@ -12,6 +12,13 @@ with the name of the file, both hashes and the command that rebuilds it::
 
 To (re)build an entry, run its ``command`` from the repository root; ``--update-manifest``
 records the new file's hash (see :mod:`diffcourse.train`).
+
+An entry is one file (``"file"``) or a folder (``"folder"``), such as the diffusers pipeline folder
+of book §3.7. A folder entry records the sha256 of every file in it (``"files"``: path -> sha256) and
+as its ``"sha256"`` the digest of those lines (:func:`folder_digest`); verification fails on a missing,
+altered or unexpected file and names it. ``load`` of a folder entry returns its UNet wrapped as a
+course denoiser (:func:`diffcourse.models.diffusers_unet.load_denoiser`); the diffusers pipeline itself
+comes from :func:`diffcourse.models.diffusers_unet.load_pipeline` on the folder :func:`verify` returns.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from .schedules import NoiseSchedule
 from .training import load_checkpoint, read_metadata, schedule_of
 
 __all__ = ["ZooError", "ZooModel", "ZOO_DIR", "zoo_dir", "manifest_path", "read_manifest", "names", "rebuild", "main",
-           "entry", "sha256_of", "verify", "verify_all", "load", "register"]
+           "entry", "sha256_of", "folder_files", "folder_digest", "verify", "verify_all", "load", "register"]
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 MANIFEST = "MANIFEST.json"
@@ -91,6 +98,20 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def folder_files(folder: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``, sorted by path ("/"-separated)."""
+    folder = Path(folder)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return {rel: sha256_of(folder / rel) for rel in paths}
+
+
+def folder_digest(files: dict[str, str]) -> str:
+    """One sha256 for a folder: the digest of its ``"<sha256>  <path>\\n"`` lines sorted by path (the
+    output of ``sha256sum`` run on the sorted files from inside the folder)."""
+    listing = "".join(f"{files[rel]}  {rel}\n" for rel in sorted(files))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
 def _rebuild_hint(e: dict) -> str:
     return (f"Rebuild it from the repository root with:\n    {e['command']}\n"
             f"(add --update-manifest only if you mean to replace the recorded hash)")
@@ -99,9 +120,12 @@ def _rebuild_hint(e: dict) -> str:
 def verify(name: str, root: str | Path | None = None) -> Path:
     """Check that ``name``'s file exists and has the manifest's sha256; returns its path.
 
+    A folder entry: every listed file present with its sha256 and no other file; returns the folder.
     Raises :class:`ZooError` naming the file, the expected and actual hash, and the rebuild command.
     """
     e = entry(name, root)
+    if "folder" in e:
+        return _verify_folder(name, e, root)
     path = zoo_dir(root) / e["file"]
     if not path.exists():
         raise ZooError(f"zoo checkpoint {name!r} is missing: expected the file {path} "
@@ -111,6 +135,31 @@ def verify(name: str, root: str | Path | None = None) -> Path:
         raise ZooError(f"zoo checkpoint {name!r} was altered: {path} has sha256 {got}, but "
                        f"{zoo_dir(root) / MANIFEST} expects {e['sha256']}. {_rebuild_hint(e)}")
     return path
+
+
+def _verify_folder(name: str, e: dict, root: str | Path | None) -> Path:
+    """:func:`verify` for a folder entry: every recorded file present and unaltered, no other file."""
+    folder = zoo_dir(root) / e["folder"]
+    if not folder.is_dir():
+        raise ZooError(f"zoo entry {name!r} is missing: expected the folder {folder} "
+                       f"({len(e['files'])} files, sha256 {e['sha256']}). {_rebuild_hint(e)}")
+    found = folder_files(folder)
+    for rel, want in e["files"].items():
+        path = folder / rel
+        if rel not in found:
+            raise ZooError(f"zoo entry {name!r} is missing the file {path} (sha256 {want}). {_rebuild_hint(e)}")
+        if found[rel] != want:
+            raise ZooError(f"zoo entry {name!r} was altered: {path} has sha256 {found[rel]}, but "
+                           f"{zoo_dir(root) / MANIFEST} expects {want}. {_rebuild_hint(e)}")
+    extra = sorted(set(found) - set(e["files"]))
+    if extra:
+        raise ZooError(f"zoo entry {name!r} has a file the manifest does not list: {folder / extra[0]}"
+                       f"{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}; remove it, or "
+                       f"{_rebuild_hint(e)}")
+    if folder_digest(found) != e["sha256"]:
+        raise ZooError(f"zoo entry {name!r}: its files match the manifest but their digest is not the recorded "
+                       f"sha256 {e['sha256']}; the manifest is out of date. {_rebuild_hint(e)}")
+    return folder
 
 
 def verify_all(root: str | Path | None = None) -> list[str]:
@@ -134,7 +183,13 @@ def load(name: str, device: torch.device | str | None = None, root: str | Path |
     samples from it.
     """
     e = entry(name, root)
-    model, meta = load_checkpoint(verify(name, root), device)
+    if "folder" in e:
+        from .device import default_device
+        from .models.diffusers_unet import load_denoiser
+
+        model, meta = load_denoiser(verify(name, root), device or default_device())
+    else:
+        model, meta = load_checkpoint(verify(name, root), device)
     if meta["model_class"] != e["model_class"] or meta["config"] != e["config"]:
         raise ZooError(f"zoo checkpoint {name!r}: the file says {meta['model_class']}{meta['config']}, the "
                        f"manifest says {e['model_class']}{e['config']}; the manifest is out of date")
@@ -150,11 +205,19 @@ def register(path: str | Path, name: str | None = None, **extra) -> dict:
     parameter count, and ``extra`` (for example the measured training time).
     """
     path = Path(path)
-    meta = read_metadata(path)
-    model, _ = load_checkpoint(path, "cpu")
     name = name or path.stem
-    new = dict(meta, name=name, file=path.name, sha256=sha256_of(path), bytes=path.stat().st_size,
-               parameters=sum(p.numel() for p in model.parameters()), **extra)
+    if path.is_dir():                                    # a diffusers pipeline folder (book §3.7)
+        from .models.diffusers_unet import load_denoiser
+
+        model, meta = load_denoiser(path, "cpu")
+        files = folder_files(path)
+        where = dict(folder=path.name, files=files, sha256=folder_digest(files),
+                     bytes=sum((path / rel).stat().st_size for rel in files))
+    else:
+        meta = read_metadata(path)
+        model, _ = load_checkpoint(path, "cpu")
+        where = dict(file=path.name, sha256=sha256_of(path), bytes=path.stat().st_size)
+    new = dict(meta, name=name, **where, parameters=sum(p.numel() for p in model.parameters()), **extra)
     new.pop("format", None)
     manifest_file = manifest_path(path)
     entries = dict(read_manifest(manifest_file.parent)["entries"], **{name: dict(sorted(new.items()))})
@@ -174,6 +237,7 @@ def rebuild(selected: list[str] | None = None, root: str | Path | None = None) -
     :func:`verify` says whether the rebuild reproduced the shipped bytes. Returns ``{name: same_bytes}``.
     Retraining is byte-identical on the machine that made the zoo; another CPU or torch build may
     round differently, and then only the quality checks in ``tests/test_zoo.py`` are expected to hold.
+    A folder entry is compared by its digest over every file (:func:`folder_digest`).
     """
     import shlex
     import subprocess
@@ -187,7 +251,10 @@ def rebuild(selected: list[str] | None = None, root: str | Path | None = None) -
             argv[0] = sys.executable
         print(f"[zoo] {name}: {e['command']}", flush=True)
         subprocess.run(argv, cwd=ZOO_DIR.parent, check=True)
-        same[name] = sha256_of(zoo_dir(root) / e["file"]) == e["sha256"]
+        if "folder" in e:
+            same[name] = folder_digest(folder_files(zoo_dir(root) / e["folder"])) == e["sha256"]
+        else:
+            same[name] = sha256_of(zoo_dir(root) / e["file"]) == e["sha256"]
     return same
 
 

@@ -1,6 +1,7 @@
 """The model zoo: shipped checkpoints, hash verification, and the commands that rebuild them (book §2.1).
 
-Files under test: diffcourse/zoo.py, diffcourse/train.py, zoo/MANIFEST.json and the zoo/*.safetensors files.
+Files under test: diffcourse/zoo.py, diffcourse/train.py, zoo/MANIFEST.json, the zoo/*.safetensors files
+and the zoo's one folder entry, the diffusers pipeline zoo/digits_diffusers/ (book §3.7).
 
 Byte reproducibility, honestly: on the machine a checkpoint was trained on, its recorded command
 (fixed seed, ``--threads 1``, CPU) reproduces the exact bytes -- checked for the four toy
@@ -77,13 +78,20 @@ def test_manifest_lists_every_toy_and_is_small():
     total = 0
     for name in names:
         e = zoo.entry(name)
-        missing = {"file", "sha256", "bytes", "command", "model_class", "config", "dataset", "steps",
+        missing = {"sha256", "bytes", "command", "model_class", "config", "dataset", "steps",
                    "schedule", "T", "prediction_type"} - set(e)
         assert not missing, f"manifest entry {name} lacks {sorted(missing)}"
+        assert ("file" in e) != ("folder" in e), f"manifest entry {name} needs one of 'file' and 'folder'"
         assert e["command"].startswith("python -m diffcourse.train "), f"{name}: odd command {e['command']!r}"
-        assert (zoo.ZOO_DIR / e["file"]).stat().st_size == e["bytes"], f"{name}: size differs from the manifest"
+        if "folder" in e:
+            size = sum((zoo.ZOO_DIR / e["folder"] / rel).stat().st_size for rel in e["files"])
+        else:
+            size = (zoo.ZOO_DIR / e["file"]).stat().st_size
+        assert size == e["bytes"], f"{name}: size differs from the manifest"
         total += e["bytes"]
-    assert total < 1_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the toy checkpoints under 1 MB in all"
+    # Chapters 1-2 fit in 1 MB; chapter 3 adds two more digit U-Nets (float16) and the diffusers pipeline
+    # folder of §3.7 (float32 weights, as save_pretrained writes them). Keep the whole zoo under 2 MB.
+    assert total < 2_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 2 MB in all"
 
 
 def test_every_shipped_checkpoint_verifies():
@@ -130,6 +138,83 @@ def test_unknown_name_and_stale_manifest(tmp_zoo):
     (tmp_zoo / "MANIFEST.json").write_text(json.dumps(manifest))
     with pytest.raises(zoo.ZooError, match="out of date"):
         zoo.load("toy_two_moons", "cpu", root=tmp_zoo)
+
+
+# ----------------------------------------------------------------------------- folder entries (book §3.7)
+
+PIPELINE_FILES = ["diffcourse.json", "model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                  "unet/diffusion_pytorch_model.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_zoo_master(tmp_path_factory):
+    """A pipeline folder written by a 5-step run of the diffusers-digits command, registered in its own manifest."""
+    root = tmp_path_factory.mktemp("pipeline_zoo")
+    before = torch.get_num_threads()                     # (module scope: restore_threads does not cover it)
+    argv = ["diffusers-digits", "--out", str(root / "digits_diffusers"), "--steps", "5", "--no-progress"]
+    assert train_main(argv + ["--update-manifest"]) == 0
+    torch.set_num_threads(before)
+    return root
+
+
+@pytest.fixture
+def pipeline_zoo(pipeline_zoo_master, tmp_path):
+    """A private copy of :func:`pipeline_zoo_master`, safe to damage."""
+    shutil.copytree(pipeline_zoo_master, tmp_path / "zoo")
+    return tmp_path / "zoo"
+
+
+def test_folder_entry_records_every_file_and_loads(pipeline_zoo):
+    folder = pipeline_zoo / "digits_diffusers"
+    e = zoo.entry("digits_diffusers", pipeline_zoo)
+    assert e["folder"] == "digits_diffusers" and list(e["files"]) == PIPELINE_FILES
+    assert e["files"] == {rel: zoo.sha256_of(folder / rel) for rel in PIPELINE_FILES}
+    assert e["sha256"] == zoo.folder_digest(e["files"]) and len(e["sha256"]) == 64
+    assert e["bytes"] == sum((folder / rel).stat().st_size for rel in PIPELINE_FILES)
+    assert e["model_class"] == "UNet2DModel" and e["steps"] == 5 and "--steps 5" in e["command"]
+    assert zoo.verify_all(pipeline_zoo) == ["digits_diffusers"]
+    z = zoo.load("digits_diffusers", "cpu", root=pipeline_zoo)
+    assert z.schedule.name == "linear" and z.prediction_type == "epsilon" and not z.model.training
+    with torch.no_grad():
+        assert z.model(torch.zeros(2, 1, 8, 8), torch.tensor([3, 900])).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("damage", ["missing file", "altered file", "unexpected file", "missing folder"])
+def test_folder_entry_names_the_bad_file_and_the_command(pipeline_zoo, damage):
+    folder = pipeline_zoo / "digits_diffusers"
+    e = zoo.entry("digits_diffusers", pipeline_zoo)
+    rel = "unet/diffusion_pytorch_model.safetensors"
+    victim = folder / rel
+    if damage == "missing file":
+        victim.unlink()
+        expected = ["missing", str(victim), e["files"][rel]]
+    elif damage == "altered file":
+        data = bytearray(victim.read_bytes())
+        data[-1] ^= 0x01                                  # flip one bit of one weight
+        victim.write_bytes(bytes(data))
+        expected = ["altered", str(victim), e["files"][rel], zoo.sha256_of(victim)]
+    elif damage == "unexpected file":
+        (folder / "unet" / "notes.txt").write_text("not from the training command")
+        expected = ["does not list", str(folder / "unet" / "notes.txt")]
+    else:
+        shutil.rmtree(folder)
+        expected = ["missing", str(folder), e["sha256"]]
+    for call in (lambda: zoo.load("digits_diffusers", "cpu", root=pipeline_zoo), lambda: zoo.verify_all(pipeline_zoo)):
+        with pytest.raises(zoo.ZooError) as err:
+            call()
+        msg = str(err.value)
+        for part in expected + ["digits_diffusers", e["command"]]:
+            assert part in msg, f"{damage}: the error should contain {part!r}; it says:\n{msg}"
+
+
+def test_folder_entry_same_command_twice_writes_the_same_folder(tmp_path):
+    """Two runs of one diffusers-digits command (same seed, one thread) write the same bytes in every file."""
+    argv = ["diffusers-digits", "--out", str(tmp_path / "digits_diffusers"), "--steps", "3", "--no-progress"]
+    assert train_main(argv) == 0
+    first = zoo.folder_files(tmp_path / "digits_diffusers")
+    assert train_main(argv + ["--update-manifest"]) == 0
+    assert list(first) == PIPELINE_FILES and zoo.folder_files(tmp_path / "digits_diffusers") == first
+    assert zoo.verify_all(tmp_path) == ["digits_diffusers"]
 
 
 # ----------------------------------------------------------------------------- rebuilding

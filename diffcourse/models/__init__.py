@@ -11,14 +11,15 @@ from torch import nn
 from .embeddings import TimeMLP, sinusoidal_embedding
 from .classifier import DigitClassifier, DigitClassifierConfig
 from .mlp import ToyMLP, ToyMLPConfig
+from .attention import CrossAttention, SelfAttention, attention
 from .unet import UNet, UNetConfig
 
-__all__ = ["MODELS", "build_model", "config_of", "sinusoidal_embedding", "TimeMLP", "ToyMLP", "ToyMLPConfig",
+__all__ = ["MODELS", "attention", "SelfAttention", "CrossAttention", "build_model", "config_of", "sinusoidal_embedding", "TimeMLP", "ToyMLP", "ToyMLPConfig",
            "UNet", "UNetConfig", "DigitClassifier", "DigitClassifierConfig"]
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "ToyMLP": (ToyMLP, ToyMLPConfig),
-    "UNet": (UNet, UNetConfig),                          # §2.1 digits, §3
+    "UNet": (UNet, UNetConfig),                          # §2.1 digits, §3 (and class-conditional)
     "DigitClassifier": (DigitClassifier, DigitClassifierConfig),  # §2.3 the digit FID
 }
 

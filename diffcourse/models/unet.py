@@ -1,18 +1,23 @@
 """A compact U-Net denoiser for small images (book §2.1 trains it on the digits; §3 teaches it part by part).
 
-The network eps_theta(x_t, t) of eq. 1.10 for images (N, C, H, W). Every part is a small named module::
+The network eps_theta(x_t, t, y) of eq. 1.10 for images (N, C, H, W). Every part is a small named module::
 
     conv_in                                  (N, C, H, W)      -> (N, c0, H, W)
     down[i]: ResBlock x n  -> skip_i  -> Downsample (not after the last level)
-    mid:     ResBlock -> SelfAttention (optional) -> ResBlock     at the lowest resolution
+    mid:     ResBlock -> SelfAttention -> CrossAttention -> ResBlock   at the lowest resolution
     up[i]:   concat(skip_i) -> ResBlock x n  -> Upsample (not after the top level)
     out:     GroupNorm -> SiLU -> conv_out (zero-initialised)     -> (N, C, H, W)
 
-The timestep enters every :class:`ResBlock` through ``TimeMLP`` (``embeddings.py``): a per-channel
-shift added between the block's two convolutions. The last convolution of every residual branch,
-the attention output projection and ``conv_out`` start at zero (:meth:`UNet.initialize_weights`), so a
-fresh U-Net predicts 0 everywhere, the best constant guess of eps ~ N(0, I), and each block starts
-as the identity on its residual stream.
+The conditioning vector e = TimeMLP(t) + E[y] (eq. 3.7) enters every :class:`ResBlock` as a
+per-channel shift between its two convolutions (eq. 3.2); the class embedding E is there only when
+``num_classes > 0`` and has one extra row, the "no class" label used for unconditional calls (and by
+classifier-free guidance, book §5). Self-attention (eq. 3.5) and cross-attention to a context of
+tokens (eq. 3.6, when ``context_dim > 0``) are in :mod:`diffcourse.models.attention`.
+``skips=False`` builds the same network without the skip connections, for the ablation of §3.3.
+
+The last convolution of every residual branch, the attention output projections and ``conv_out``
+start at zero (:meth:`UNet.initialize_weights`), so a fresh U-Net predicts 0 everywhere, the best
+constant guess of eps ~ N(0, I), and each block starts as the identity on its residual stream.
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .attention import CrossAttention, SelfAttention
 from .embeddings import TimeMLP
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "Downsample", "Upsample"]
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "Downsample", "Upsample"]
 
 
 @dataclass
@@ -38,9 +44,17 @@ class UNetConfig:
     attention: bool = True                      # self-attention in the middle (lowest resolution)
     time_dim: int = 32                          # sinusoidal features of t
     groups: int = 8                             # GroupNorm groups (must divide every width)
+    num_classes: int = 0                        # > 0: class-conditional, E has num_classes + 1 rows (§3.5)
+    context_dim: int = 0                        # > 0: cross-attention to (N, L, context_dim) tokens (§3.4)
+    heads: int = 1                              # attention heads (must divide the lowest width)
+    skips: bool = True                          # False: no skip connections (the ablation of §3.3)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
+        if self.num_classes < 0 or self.context_dim < 0:
+            raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
+        if self.channels[-1] % self.heads:
+            raise ValueError(f"heads={self.heads} must divide the lowest width {self.channels[-1]}")
         if any(c % self.groups for c in self.channels):
             raise ValueError(f"every width in channels={self.channels} must be divisible by groups={self.groups}")
         if self.sample_size % 2 ** (len(self.channels) - 1):
@@ -58,17 +72,26 @@ class UNetConfig:
         return cls(channels=(16, 32), blocks_per_level=1, attention=True, time_dim=32, groups=8)
 
     def to_dict(self) -> dict:
+        """The config as a dict; options still at their defaults that older checkpoints predate are left
+        out, so the configs recorded in the zoo (and their hashes) stay the same."""
         d = asdict(self)
         d["channels"] = list(self.channels)
+        for key, default in _ADDED_LATER.items():
+            if d[key] == default:
+                del d[key]
         return d
+
+
+_ADDED_LATER = {"num_classes": 0, "context_dim": 0, "heads": 1, "skips": True}   # book §3: conditioning, ablation
 
 
 # ----------------------------------------------------------------------------- parts
 
 class ResBlock(nn.Module):
-    """x + conv(SiLU(GN(conv(SiLU(GN(x))) + W e(t)))) with a 1x1 skip when widths differ (book §3).
+    """x + conv(SiLU(GN(conv(SiLU(GN(x))) + W SiLU(e)))) with a 1x1 skip when widths differ (book §3.2, eq. 3.2).
 
-    ``forward(x, temb)``: x (N, C_in, H, W), temb (N, E) -> (N, C_out, H, W).
+    ``forward(x, temb)``: x (N, C_in, H, W), temb (N, E) -> (N, C_out, H, W). ``temb`` is the
+    conditioning vector e of eq. 3.7 (time, plus the class when there is one).
     """
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int, groups: int):
@@ -87,25 +110,8 @@ class ResBlock(nn.Module):
         return self.skip(x) + h                                                  # (N, C_out, H, W)
 
 
-class SelfAttention(nn.Module):
-    """Single-head self-attention over the H*W positions, residual (book §3). (N, C, H, W) -> same."""
-
-    def __init__(self, channels: int, groups: int):
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        N, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(N, 3, C, H * W).unbind(1)       # 3 x (N, C, HW)
-        attn = torch.softmax(q.transpose(1, 2) @ k / C ** 0.5, dim=-1)           # (N, HW, HW)
-        h = (v @ attn.transpose(1, 2)).reshape(N, C, H, W)                       # (N, C, H, W)
-        return x + self.proj(h)                                                  # (N, C, H, W)
-
-
 class Downsample(nn.Module):
-    """Halve H and W with a stride-2 3x3 convolution (book §3). (N, C, H, W) -> (N, C, H/2, W/2)."""
+    """Halve H and W with a stride-2 3x3 convolution (book §3.3, eq. 3.3). (N, C, H, W) -> (N, C, H/2, W/2)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -116,7 +122,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour, then a 3x3 convolution (book §3). (N, C, H, W) -> (N, C, 2H, 2W)."""
+    """Double H and W: nearest-neighbour, then a 3x3 convolution (book §3.3, eq. 3.3). (N, C, H, W) -> (N, C, 2H, 2W)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -129,9 +135,11 @@ class Upsample(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 class UNet(nn.Module):
-    """The U-Net denoiser (book §2.1, §3). ``model(x_t, t)``: (N, C, H, W), (N,) -> (N, C, H, W).
+    """The U-Net denoiser (book §2.1, §3.3). ``model(x_t, t)``: (N, C, H, W), (N,) -> (N, C, H, W).
 
     ``t`` may be integer indices 0..T-1 or fractional floats (continuous-time samplers), or a scalar.
+    ``class_labels`` (N,) long in 0..num_classes-1 (``num_classes`` means "no class"; None: no class for
+    all) needs ``num_classes > 0``; ``context`` (N, L, context_dim) needs ``context_dim > 0`` (eq. 3.6, 3.7).
     """
 
     def __init__(self, config: UNetConfig | None = None):
@@ -139,6 +147,7 @@ class UNet(nn.Module):
         self.config = cfg = config or UNetConfig()
         E = 4 * cfg.channels[0]                                                  # time-embedding width
         self.time = TimeMLP(cfg.time_dim, E)
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, E) if cfg.num_classes else None   # eq. 3.7
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels[0], 3, padding=1)
         self.down_blocks, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         c = cfg.channels[0]
@@ -150,13 +159,15 @@ class UNet(nn.Module):
             self.down_blocks.append(blocks)
             self.downsamplers.append(Downsample(c) if i < len(cfg.channels) - 1 else nn.Identity())
         self.mid1 = ResBlock(c, c, E, cfg.groups)
-        self.mid_attn = SelfAttention(c, cfg.groups) if cfg.attention else nn.Identity()
+        self.mid_attn = SelfAttention(c, cfg.groups, cfg.heads) if cfg.attention else nn.Identity()
+        self.mid_cross = CrossAttention(c, cfg.context_dim, cfg.groups, cfg.heads) if cfg.context_dim else None
         self.mid2 = ResBlock(c, c, E, cfg.groups)
         self.up_blocks, self.upsamplers = nn.ModuleList(), nn.ModuleList()
         for i, width in reversed(list(enumerate(cfg.channels))):
             blocks = nn.ModuleList()
             for j in range(cfg.blocks_per_level):
-                blocks.append(ResBlock(c + (width if j == 0 else 0), width, E, cfg.groups))
+                skip = width if (j == 0 and cfg.skips) else 0                   # channels concatenated from skip_i
+                blocks.append(ResBlock(c + skip, width, E, cfg.groups))
                 c = width
             self.up_blocks.append(blocks)
             self.upsamplers.append(Upsample(c) if i > 0 else nn.Identity())
@@ -170,17 +181,42 @@ class UNet(nn.Module):
             if isinstance(m, ResBlock):
                 nn.init.zeros_(m.conv2.weight)
                 nn.init.zeros_(m.conv2.bias)
-            elif isinstance(m, SelfAttention):
+            elif isinstance(m, (SelfAttention, CrossAttention)):
                 nn.init.zeros_(m.proj.weight)
                 nn.init.zeros_(m.proj.bias)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x_t.device)
+    def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The conditioning vector e = TimeMLP(t) + E[y] of eq. 3.7 (book §3.5), (N, E)."""
+        t = torch.as_tensor(t, device=self.conv_in.weight.device)
         if t.ndim == 0:
-            t = t.expand(x_t.shape[0])                                           # (N,)
-        temb = self.time(t).to(x_t.dtype)                                        # (N, E)
+            t = t.expand(n)                                                      # (N,)
+        temb = self.time(t)                                                      # (N, E)
+        if self.class_emb is None:
+            if class_labels is not None:
+                raise ValueError("this U-Net is unconditional (num_classes=0); it takes no class_labels")
+            return temb
+        K = self.config.num_classes
+        if class_labels is None:
+            class_labels = torch.full((n,), K, dtype=torch.long, device=temb.device)   # "no class"
+        class_labels = torch.as_tensor(class_labels, device=temb.device)
+        if class_labels.ndim == 0:
+            class_labels = class_labels.expand(n)
+        if class_labels.shape != (n,) or class_labels.is_floating_point():
+            raise ValueError(f"class_labels must be N={n} integers, got {tuple(class_labels.shape)} "
+                             f"{class_labels.dtype}")
+        if int(class_labels.min()) < 0 or int(class_labels.max()) > K:
+            raise ValueError(f"class_labels must be in 0..{K - 1} ({K} = no class), got "
+                             f"{int(class_labels.min())}..{int(class_labels.max())}")
+        return temb + self.class_emb(class_labels)                               # (N, E)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        temb = self.embed(t, class_labels, x_t.shape[0]).to(x_t.dtype)          # (N, E)
+        if (context is None) != (self.mid_cross is None):
+            raise ValueError("pass context (N, L, context_dim) exactly when the U-Net has cross-attention "
+                             f"(context_dim={self.config.context_dim})")
         h = self.conv_in(x_t)                                                    # (N, c0, H, W)
         skips = []
         for blocks, down in zip(self.down_blocks, self.downsamplers):
@@ -188,9 +224,14 @@ class UNet(nn.Module):
                 h = block(h, temb)                                               # (N, c_i, H_i, W_i)
             skips.append(h)
             h = down(h)                                                          # (N, c_i, H_i/2, W_i/2)
-        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)                   # (N, c_L, H_L, W_L)
+        h = self.mid_attn(self.mid1(h, temb))                                    # (N, c_L, H_L, W_L)
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, context.to(h.dtype))                           # (N, c_L, H_L, W_L)
+        h = self.mid2(h, temb)                                                   # (N, c_L, H_L, W_L)
         for blocks, up in zip(self.up_blocks, self.upsamplers):
-            h = torch.cat([h, skips.pop()], dim=1)                               # (N, c + c_i, H_i, W_i)
+            skip = skips.pop()
+            if self.config.skips:
+                h = torch.cat([h, skip], dim=1)                                  # (N, c + c_i, H_i, W_i)
             for block in blocks:
                 h = block(h, temb)                                               # (N, c_i, H_i, W_i)
             h = up(h)                                                            # (N, c_i, 2H_i, 2W_i)

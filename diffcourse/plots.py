@@ -1,0 +1,28 @@
+"""Small plotting helpers shared by the book's pages and the notebooks (book §2.1 onwards)."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["tile", "show_digits"]
+
+
+def tile(x: torch.Tensor, ncol: int, pad_value: float = -1.0) -> torch.Tensor:
+    """Images (N, 1, H, W) -> one (rows * (H + 2), ncol * (W + 2)) picture with 1-pixel gaps (book §2.1).
+
+    A last row with fewer than ``ncol`` images is filled with ``pad_value``.
+    """
+    x = x.detach().float().cpu().clamp(-1, 1)
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected grey images (N, 1, H, W), got shape {tuple(x.shape)}")
+    missing = (-len(x)) % ncol
+    if missing:
+        x = torch.cat([x, torch.full((missing, *x.shape[1:]), pad_value)])
+    x = torch.nn.functional.pad(x, (1, 1, 1, 1), value=pad_value)[:, 0]     # (N, H+2, W+2)
+    rows = [torch.cat(list(x[i:i + ncol]), dim=1) for i in range(0, len(x), ncol)]
+    return torch.cat(rows, dim=0)
+
+
+def show_digits(ax, x: torch.Tensor, ncol: int) -> None:
+    """Draw images (N, 1, H, W) in [-1, 1] as one tiled picture on ``ax``, ink dark (book §2.1)."""
+    ax.imshow(tile(x, ncol), cmap="gray_r", vmin=-1, vmax=1)
+    ax.set_xticks([]), ax.set_yticks([])
