@@ -21,6 +21,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from diffcourse.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_euler_ancestral
 from diffcourse.schedules import make_schedule
+from machine import cpu_model                     # benchmarks/machine.py (the script's folder is on sys.path)
 
 
 def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -53,17 +54,6 @@ CASES = {
     "Euler ancestral": (lambda s, x, n, g: sample_euler_ancestral(model, x, s, num_steps=n, generator=g),
                         lambda: EulerAncestralDiscreteScheduler(), {}),
 }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -20,17 +20,7 @@ import torch
 
 from diffcourse.models import UNet, UNetConfig
 from diffcourse.models.diffusers_unet import DiffusersDenoiser, build_unet, count_parameters
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model                     # benchmarks/machine.py (the script's folder is on sys.path)
 
 
 @torch.no_grad()

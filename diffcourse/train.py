@@ -148,15 +148,21 @@ def train_digits(args: argparse.Namespace) -> dict:
         result = train(model, data, schedule, config, model_kwargs=lambda b: {"class_labels": b[1]})
     else:
         result = train(model, x0, schedule, config)
-    smooth = result.history.smoothed(100)
-    every = max(1, len(smooth) // 50)
-    info = dict(dataset=f"digits-train-{args.size}", steps=args.steps, seed=args.seed, weights="ema",
-                final_loss=round(result.history.final_loss(), 5), command=canonical_command(args),
-                loss_curve=[[i + 1, round(smooth[i], 5)] for i in range(every - 1, len(smooth), every)])
+    info = _digits_info(args, result)
     save_checkpoint(args.out, result.ema_model(), schedule=schedule, prediction_type=args.prediction_type, **info)
     if args.weights_dtype == "float16":
         _store_half(args.out)
     return dict(info, seconds=result.history.seconds)
+
+
+def _digits_info(args: argparse.Namespace, result) -> dict:
+    """What a digits checkpoint records about its training (book §2.1): data, steps, seed, the final loss,
+    the reproduce command and a 50-point smoothed loss curve, so the book can plot it without training."""
+    smooth = result.history.smoothed(100)
+    every = max(1, len(smooth) // 50)
+    return dict(dataset=f"digits-train-{args.size}", steps=args.steps, seed=args.seed, weights="ema",
+                final_loss=round(result.history.final_loss(), 5), command=canonical_command(args),
+                loss_curve=[[i + 1, round(smooth[i], 5)] for i in range(every - 1, len(smooth), every)])
 
 
 def labelled_batches(x0: torch.Tensor, y: torch.Tensor, num_classes: int, p_uncond: float = 0.0):
@@ -276,11 +282,7 @@ def train_diffusers_digits(args: argparse.Namespace) -> dict:
                          prediction_type=args.prediction_type, seed=args.seed, device=args.device,
                          progress=args.progress)
     result = train(model, x0, schedule, config)
-    smooth = result.history.smoothed(100)
-    every = max(1, len(smooth) // 50)
-    info = dict(dataset=f"digits-train-{args.size}", steps=args.steps, seed=args.seed, weights="ema",
-                final_loss=round(result.history.final_loss(), 5), command=canonical_command(args),
-                loss_curve=[[i + 1, round(smooth[i], 5)] for i in range(every - 1, len(smooth), every)])
+    info = _digits_info(args, result)
     save_pipeline(args.out, result.ema_model().unet, schedule, prediction_type=args.prediction_type, **info)
     return dict(info, seconds=result.history.seconds)
 

@@ -108,3 +108,21 @@ def assert_full_marks_and_zero(assignment: str, notebook: str, max_score: float,
     assert solved["status"] == "ok", f"the solution should grade cleanly; status {solved['status']}: {solved['notes']}"
     assert float(untouched["score"]) == 0, f"the untouched released notebook should score 0; got {untouched['score']}"
     assert float(solved["seconds"]) < 30, f"grading the solution took {solved['seconds']} s; it must stay well under 30 s"
+
+
+def exercise_runner(assignment: str, notebook: str, skip: tuple[str, ...], n_exercises: int):
+    """``run_tests(overrides, only=None)`` for one assignment's solution notebook (loaded once).
+
+    ``only=k`` runs the test cells of exercise k alone (every solution cell still runs): fast.
+    ``skip``: grade ids of cells never run (widgets, plots).
+    """
+    cache: list = []
+
+    def run(overrides: dict[str, str], only: int | None = None) -> dict[str, str | None]:
+        if not cache:
+            cache.append(load_solution(assignment, notebook))
+        others = () if only is None else tuple(f"test_ex{j}_{kind}" for j in range(1, n_exercises + 1) if j != only
+                                               for kind in ("visible", "hidden"))
+        return run_tests(cache[0], overrides, skip=skip + others)
+
+    return run

@@ -7,32 +7,18 @@ The cells run in-process through ``tests/nbharness.py``.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import nbformat
 import pytest
 
-from nbharness import (REPO, assert_full_marks_and_zero, assert_mistake_caught, assert_release_in_sync, load_solution,
-                       run_tests as _run)
+from nbharness import (REPO, assert_full_marks_and_zero, assert_mistake_caught, assert_release_in_sync, exercise_runner,
+                       load_solution)
 
 ASSIGNMENT, NOTEBOOK = "ch03_unet", "unet"
 SKIP = ("explorer", "plot_gallery", "plot_shapes")
 N_EXERCISES, MAX_SCORE = 6, 37
 
 
-@lru_cache(maxsize=1)
-def solution():
-    return load_solution(ASSIGNMENT, NOTEBOOK)
-
-
-def run_tests(overrides: dict[str, str], only: int | None = None) -> dict[str, str | None]:
-    """Test-cell grade id -> error message (None when it passed), with solution cells replaced.
-
-    ``only=k`` runs the test cells of exercise k alone (every solution cell still runs): fast.
-    """
-    others = () if only is None else tuple(f"test_ex{j}_{kind}" for j in range(1, N_EXERCISES + 1) if j != only
-                                           for kind in ("visible", "hidden"))
-    return _run(solution(), overrides, skip=SKIP + others)
+run_tests = exercise_runner(ASSIGNMENT, NOTEBOOK, SKIP, N_EXERCISES)
 
 
 # ------------------------------------------------------------------------------------ exercise 1
@@ -376,7 +362,7 @@ def test_correct_alternative_is_accepted(cell, i):
 
 
 def test_notebook_has_parameters_points_explorer_and_reference_oracles():
-    nb = solution()
+    nb = load_solution(ASSIGNMENT, NOTEBOOK)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and all(k in params[0].source for k in ("GRADING", "DEVICE", "SEED")), \
         "the notebook needs one `parameters` cell with GRADING, DEVICE and SEED"
