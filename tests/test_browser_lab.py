@@ -8,7 +8,9 @@ under ``sys.prefix``). Then, as a student would:
 - the released warm-up, run as released: the first exercise left undone shows ``NotImplementedError``;
 - the released warm-up with its exercise cells completed (copied from the nbgrader source by grade
   id): every cell runs with no error, the ipywidgets explorer renders a figure, and dragging its
-  slider redraws the figure (the image before and after differ).
+  slider redraws the figure (the image before and after differ);
+- chapter 3's released notebook, completed the same way: every cell runs with no error, and its
+  explorer redraws when another digit is chosen in the dropdown and when the step slider moves.
 
 Every wait is on a condition (server's "running at" line, kernel idle, an output appearing, an image
 changing), never a fixed sleep. Screenshots go to ``_build/screenshots/lab/``.
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.slow   # ~40 s: a JupyterLab server, two kernels, a bro
 
 NOTEBOOK = "ch00_warmup/warmup.ipynb"
 COMPLETED = "ch00_warmup/warmup_completed.ipynb"
+CH03, CH03_COMPLETED = "ch03_unet/unet.ipynb", "ch03_unet/unet_completed.ipynb"
 KERNEL_TIMEOUT_MS = 120_000     # Run All: kernel start, torch and sklearn imports, the fast path on 2 CPUs
 
 
@@ -60,6 +63,8 @@ def lab(tmp_path_factory):
     filled = completed_copy(root / NOTEBOOK, ROOT / "solutions" / NOTEBOOK,
                             root / COMPLETED)
     assert len(filled) >= 5, f"expected the warm-up's 5 exercise cells to be filled from solutions/; got {filled}"
+    filled = completed_copy(root / CH03, ROOT / "solutions" / CH03, root / CH03_COMPLETED)
+    assert len(filled) >= 6, f"expected chapter 3's exercise cells to be filled from solutions/; got {filled}"
     env = dict(os.environ)
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR",
                 "JUPYTERLAB_WORKSPACES_DIR", "IPYTHONDIR"):
@@ -210,18 +215,65 @@ def test_completed_warmup_runs_and_its_explorer_responds_to_the_slider(browser, 
     page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
 
-    page.wait_for_function(   # redrawn (a new image) and the kernel done with the slider's updates
-        """([el, before]) => {
-          const img = el.querySelector('img');
-          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-          return img !== null && img.src !== before && img.complete && img.naturalWidth > 0
-                 && kernel.status === 'idle';
-        }""", arg=[widget.element_handle(), before_image], timeout=KERNEL_TIMEOUT_MS)
+    wait_for_redraw(page, widget, before_image)      # a new image, and the kernel done with the slider's updates
     after_value = readout.text_content()
     page.screenshot(path=str(shots / "warmup_explorer_after.png"))
     assert after_value != before_value, (
         f"dragging the sigma slider should change its value; it stayed {before_value}")
     assert not record.console_errors, (
         f"JupyterLab logged console errors: {record.console_errors}")
+    assert not record.remote_requests, f"JupyterLab requested other hosts: {record.remote_requests}"
+    page.close()
+
+
+def wait_for_redraw(page, widget, before_image: str) -> str:
+    """Wait until the explorer shows a new, loaded image and the kernel is idle; return the new image."""
+    page.wait_for_function(
+        """([el, before]) => {
+          const img = el.querySelector('img');
+          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+          return img !== null && img.src !== before && img.complete && img.naturalWidth > 0
+                 && kernel.status === 'idle';
+        }""", arg=[widget.element_handle(), before_image], timeout=KERNEL_TIMEOUT_MS)
+    return widget.locator("img").first.get_attribute("src")
+
+
+def test_completed_ch03_runs_and_its_explorer_follows_class_and_step(browser, lab, shots):
+    page, record = open_notebook(browser, lab, CH03_COMPLETED)
+    run_all(page)
+    widget = page.locator(".jp-NotebookPanel .jupyter-widgets.widget-interact, "
+                          ".jp-NotebookPanel .widget-interact").first
+    figure = widget.locator("img").first
+    figure.wait_for(state="attached", timeout=KERNEL_TIMEOUT_MS)
+    wait_until_idle_after_run(page)
+    widget.scroll_into_view_if_needed()
+    figure.wait_for(state="visible")
+    errors = error_outputs(page)
+    assert not any("Error" in e for e in errors), (
+        "the completed chapter 3 notebook should run with no error; error outputs:\n" + "\n---\n".join(errors))
+    first = figure.get_attribute("src")
+    assert first and first.startswith("data:image/png"), f"the explorer's figure is not a PNG: {first!r:.80}"
+    page.screenshot(path=str(shots / "ch03_explorer_digit3.png"))
+
+    dropdown = widget.locator("select").first
+    assert dropdown.count() == 1, "the explorer should offer the digit in a dropdown"
+    dropdown.select_option("7")
+    second = wait_for_redraw(page, widget, first)
+    page.screenshot(path=str(shots / "ch03_explorer_digit7.png"))
+
+    slider = widget.locator(".widget-slider").first
+    readout = slider.locator(".widget-readout")
+    before_value = readout.text_content()
+    handle = slider.locator(".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 - 150, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    wait_for_redraw(page, widget, second)
+    page.screenshot(path=str(shots / "ch03_explorer_step.png"))
+    assert readout.text_content() != before_value, f"dragging the step slider should change it; it stayed {before_value}"
+    assert not record.console_errors, f"JupyterLab logged console errors: {record.console_errors}"
     assert not record.remote_requests, f"JupyterLab requested other hosts: {record.remote_requests}"
     page.close()
