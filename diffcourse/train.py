@@ -72,7 +72,7 @@ def _toy_parser(sub) -> None:
 
 # Options added after the first checkpoints were made: written into a command only when they differ
 # from these defaults, so the commands (and hashes) of the older zoo entries stay what they were.
-_ADDED_LATER = {"num_classes": 0, "p_uncond": 0.0, "skips": "on"}
+_ADDED_LATER = {"num_classes": 0, "p_uncond": 0.0, "skips": "on", "conditioning": "add"}
 
 
 def canonical_command(args: argparse.Namespace) -> str:
@@ -120,6 +120,9 @@ def _digits_parser(sub) -> None:
                    help="share of training labels replaced by 'no class' (for classifier-free guidance, §5)")
     p.add_argument("--skips", default="on", choices=["on", "off"],
                    help="off: a U-Net without skip connections (the ablation of §3.3)")
+    p.add_argument("--conditioning", default="add", choices=["add", "cross"],
+                   help="with --num-classes: add the class embedding to e (eq. 3.7), or give the class as tokens "
+                        "to the bottleneck's cross-attention (eq. 3.6), as a text prompt would be")
 
 
 def train_digits(args: argparse.Namespace) -> dict:
@@ -136,9 +139,12 @@ def train_digits(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--num-classes must be 0 (unconditional) or 10 (the digits), got {args.num_classes}")
     if not 0.0 <= args.p_uncond < 1.0 or (args.p_uncond and not args.num_classes):
         raise SystemExit("--p-uncond must be in [0, 1) and needs --num-classes 10")
+    if args.conditioning == "cross" and not args.num_classes:
+        raise SystemExit("--conditioning cross needs --num-classes 10")
     preset = UNET_PRESETS[args.preset]().to_dict()
+    cross = dict(conditioning="cross", context_dim=preset["channels"][-1]) if args.conditioning == "cross" else {}
     model = UNet(UNetConfig(**dict(preset, sample_size=args.size, num_classes=args.num_classes,
-                                   skips=args.skips == "on")))
+                                   skips=args.skips == "on", **cross)))
     schedule = make_schedule(args.schedule, args.T)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
                          prediction_type=args.prediction_type, seed=args.seed, device=args.device,

@@ -265,3 +265,38 @@ def test_train_cli_class_conditional_and_no_skips(tmp_path):
     with pytest.raises(SystemExit, match="needs --num-classes"):
         cli.main(["digits", "--out", str(tmp_path / "x.safetensors"), "--preset", "tiny", "--steps", "1",
                   "--p-uncond", "0.1", "--no-progress"])
+    out2 = tmp_path / "xattn.safetensors"
+    assert cli.main(["digits", "--out", str(out2), "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+                     "--num-classes", "10", "--conditioning", "cross", "--no-progress"]) == 0
+    meta2 = read_metadata(out2)
+    assert meta2["config"]["conditioning"] == "cross" and meta2["config"]["context_dim"] == 16, meta2["config"]
+    assert meta2["command"].endswith("--num-classes 10 --conditioning cross"), meta2["command"]
+    with pytest.raises(SystemExit, match="needs --num-classes"):
+        cli.main(["digits", "--out", str(tmp_path / "y.safetensors"), "--preset", "tiny", "--steps", "1",
+                  "--conditioning", "cross", "--no-progress"])
+
+
+def test_cross_conditioning_gives_the_class_as_tokens_to_cross_attention():
+    torch.manual_seed(0)
+    cfg = UNetConfig(channels=(8, 16), groups=4, time_dim=8, num_classes=10, context_dim=12, conditioning="cross")
+    model = randomised(UNet(cfg))
+    assert model.class_emb.embedding_dim == 12 and model.start_token.shape == (1, 1, 12)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([50, 50, 50])
+    with torch.no_grad():
+        temb = model.embed(t, torch.tensor([1, 2, 3]), 3)
+        torch.testing.assert_close(temb, model.time(t), msg="with 'cross' the class must not be added to e")
+        ctx = model.class_context(torch.tensor([1, 2, 10]), 3)
+        assert ctx.shape == (3, 2, 12)
+        torch.testing.assert_close(ctx[:, 0], model.start_token[0].expand(3, 12))
+        torch.testing.assert_close(ctx[:, 1], model.class_emb.weight[[1, 2, 10]])
+        model.mid_cross.keep_weights = True
+        a = model(x, t, class_labels=torch.tensor([1, 1, 1]))
+        assert model.mid_cross.weights.shape == (3, 1, 16, 2), "16 bottleneck pixels attend over 2 tokens"
+        b = model(x, t, class_labels=torch.tensor([7, 7, 7]))
+    assert float((a - b).abs().max()) > 1e-4, "the class tokens must reach the output through cross-attention"
+    with pytest.raises(ValueError, match="not context"):
+        model(x, t, class_labels=torch.tensor([1, 1, 1]), context=torch.randn(3, 2, 12))
+    for bad in (dict(conditioning="cross", num_classes=10), dict(conditioning="cross", context_dim=8),
+                dict(conditioning="concat", num_classes=10, context_dim=8)):
+        with pytest.raises(ValueError, match="conditioning"):
+            UNetConfig(channels=(8, 16), groups=4, **bad)

@@ -89,9 +89,10 @@ def test_manifest_lists_every_toy_and_is_small():
             size = (zoo.ZOO_DIR / e["file"]).stat().st_size
         assert size == e["bytes"], f"{name}: size differs from the manifest"
         total += e["bytes"]
-    # Chapters 1-2 fit in 1 MB; chapter 3 adds two more digit U-Nets (float16) and the diffusers pipeline
-    # folder of §3.7 (float32 weights, as save_pretrained writes them). Keep the whole zoo under 2 MB.
-    assert total < 2_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 2 MB in all"
+    # Chapters 1-2 fit in 1 MB; chapter 3 adds three more digit U-Nets (float16: class embedding, class tokens,
+    # no skips; ~270 kB each) and the diffusers pipeline folder of §3.7 (float32 weights, as save_pretrained
+    # writes them; ~490 kB): 2.2 MB. Later chapters must fit in what is left of 3 MB, or make room.
+    assert total < 3_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 3 MB in all"
 
 
 def test_every_shipped_checkpoint_verifies():
@@ -282,3 +283,21 @@ def test_every_recorded_command_is_the_canonical_form_the_trainer_records():
         assert canonical_command(args) == recorded, (
             f"{name}: the trainer would now record\n  {canonical_command(args)}\nbut the manifest has\n  {recorded}\n"
             "(an option was added, removed or reordered in diffcourse/train.py)")
+
+
+@pytest.mark.parametrize("name", ["digits_cond_unet", "digits_xattn_unet"])
+def test_shipped_class_conditional_models_draw_the_requested_digit(name):
+    """Book §3.5: the share of samples the digit classifier assigns to the requested class, >= 90% on average."""
+    from diffcourse.metrics import class_agreement, load_digit_classifier
+
+    torch.set_num_threads(1)
+    m = zoo.load(name, "cpu")
+    labels = torch.arange(10).repeat_interleave(30)                          # (300,)
+    with torch.no_grad():
+        x = sample_ddim(lambda x_t, t: m.model(x_t, t, class_labels=labels), (300, 1, 8, 8), m.schedule,
+                        num_steps=25, generator=torch.Generator().manual_seed(0))
+        share = class_agreement(x, labels, load_digit_classifier())
+        wrong = class_agreement(x, (labels + 1) % 10, load_digit_classifier())
+    assert float(share.mean()) >= 0.9, f"{name}: only {float(share.mean()):.1%} of samples are the requested digit: {share}"
+    assert float(share.min()) >= 0.7, f"{name}: class {int(share.argmin())} is drawn only {float(share.min()):.0%} of the time"
+    assert float(wrong.mean()) < 0.1, f"{name}: the samples should not match a shifted label ({float(wrong.mean()):.1%})"

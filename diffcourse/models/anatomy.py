@@ -81,7 +81,8 @@ def parameter_counts(model: UNet) -> "OrderedDict[str, int]":
     n = lambda *mods: sum(p.numel() for m in mods if m is not None for p in m.parameters())   # noqa: E731
     counts["time embedding"] = n(model.time)
     if model.class_emb is not None:
-        counts["class embedding"] = n(model.class_emb)
+        start = model.start_token.numel() if model.start_token is not None else 0     # "cross": the start token
+        counts["class embedding"] = n(model.class_emb) + start
     counts["conv_in"] = n(model.conv_in)
     for i in range(levels):
         counts[f"down level {i}"] = n(model.down_blocks[i], model.downsamplers[i])

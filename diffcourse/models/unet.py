@@ -12,7 +12,10 @@ The conditioning vector e = TimeMLP(t) + E[y] (eq. 3.7) enters every :class:`Res
 per-channel shift between its two convolutions (eq. 3.2); the class embedding E is there only when
 ``num_classes > 0`` and has one extra row, the "no class" label used for unconditional calls (and by
 classifier-free guidance, book §5). Self-attention (eq. 3.5) and cross-attention to a context of
-tokens (eq. 3.6, when ``context_dim > 0``) are in :mod:`diffcourse.models.attention`.
+tokens (eq. 3.6, when ``context_dim > 0``) are in :mod:`diffcourse.models.attention`. With
+``conditioning="cross"`` the class reaches the network the way a text prompt does in Stable Diffusion:
+not added to e, but as a context of two tokens [s, E[y]] (a learned start token and the class's
+embedding) that the bottleneck's cross-attention reads.
 ``skips=False`` builds the same network without the skip connections, for the ablation of §3.3.
 
 The last convolution of every residual branch, the attention output projections and ``conv_out``
@@ -48,11 +51,17 @@ class UNetConfig:
     context_dim: int = 0                        # > 0: cross-attention to (N, L, context_dim) tokens (§3.4)
     heads: int = 1                              # attention heads (must divide the lowest width)
     skips: bool = True                          # False: no skip connections (the ablation of §3.3)
+    conditioning: str = "add"                   # how the class enters: "add" E[y] to e (eq. 3.7), or "cross":
+                                                # tokens [s, E[y]] read by cross-attention (eq. 3.6; §3.5)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
         if self.num_classes < 0 or self.context_dim < 0:
             raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
+        if self.conditioning not in ("add", "cross"):
+            raise ValueError(f"conditioning must be 'add' or 'cross', got {self.conditioning!r}")
+        if self.conditioning == "cross" and not (self.num_classes and self.context_dim):
+            raise ValueError("conditioning='cross' needs num_classes > 0 and context_dim > 0 (the class tokens' width)")
         if self.channels[-1] % self.heads:
             raise ValueError(f"heads={self.heads} must divide the lowest width {self.channels[-1]}")
         if any(c % self.groups for c in self.channels):
@@ -82,7 +91,7 @@ class UNetConfig:
         return d
 
 
-_ADDED_LATER = {"num_classes": 0, "context_dim": 0, "heads": 1, "skips": True}   # book §3: conditioning, ablation
+_ADDED_LATER = {"num_classes": 0, "context_dim": 0, "heads": 1, "skips": True, "conditioning": "add"}   # book §3: conditioning, ablation
 
 
 # ----------------------------------------------------------------------------- parts
@@ -139,7 +148,8 @@ class UNet(nn.Module):
 
     ``t`` may be integer indices 0..T-1 or fractional floats (continuous-time samplers), or a scalar.
     ``class_labels`` (N,) long in 0..num_classes-1 (``num_classes`` means "no class"; None: no class for
-    all) needs ``num_classes > 0``; ``context`` (N, L, context_dim) needs ``context_dim > 0`` (eq. 3.6, 3.7).
+    all) needs ``num_classes > 0``; ``context`` (N, L, context_dim) needs ``context_dim > 0`` (eq. 3.6, 3.7)
+    and is built from the labels instead when ``conditioning="cross"``.
     """
 
     def __init__(self, config: UNetConfig | None = None):
@@ -147,7 +157,12 @@ class UNet(nn.Module):
         self.config = cfg = config or UNetConfig()
         E = 4 * cfg.channels[0]                                                  # time-embedding width
         self.time = TimeMLP(cfg.time_dim, E)
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, E) if cfg.num_classes else None   # eq. 3.7
+        self.class_emb, self.start_token = None, None
+        if cfg.num_classes and cfg.conditioning == "add":
+            self.class_emb = nn.Embedding(cfg.num_classes + 1, E)                # eq. 3.7: added to e
+        elif cfg.num_classes:
+            self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.context_dim)  # eq. 3.6: a token
+            self.start_token = nn.Parameter(torch.randn(1, 1, cfg.context_dim))
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels[0], 3, padding=1)
         self.down_blocks, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         c = cfg.channels[0]
@@ -187,20 +202,16 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
-        """The conditioning vector e = TimeMLP(t) + E[y] of eq. 3.7 (book §3.5), (N, E)."""
-        t = torch.as_tensor(t, device=self.conv_in.weight.device)
-        if t.ndim == 0:
-            t = t.expand(n)                                                      # (N,)
-        temb = self.time(t)                                                      # (N, E)
+    def labels(self, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Checked class labels (N,) long on the model's device; None -> the "no class" label (book §3.5)."""
         if self.class_emb is None:
             if class_labels is not None:
                 raise ValueError("this U-Net is unconditional (num_classes=0); it takes no class_labels")
-            return temb
-        K = self.config.num_classes
+            return None
+        K, device = self.config.num_classes, self.class_emb.weight.device
         if class_labels is None:
-            class_labels = torch.full((n,), K, dtype=torch.long, device=temb.device)   # "no class"
-        class_labels = torch.as_tensor(class_labels, device=temb.device)
+            return torch.full((n,), K, dtype=torch.long, device=device)              # "no class"
+        class_labels = torch.as_tensor(class_labels, device=device)
         if class_labels.ndim == 0:
             class_labels = class_labels.expand(n)
         if class_labels.shape != (n,) or class_labels.is_floating_point():
@@ -209,11 +220,36 @@ class UNet(nn.Module):
         if int(class_labels.min()) < 0 or int(class_labels.max()) > K:
             raise ValueError(f"class_labels must be in 0..{K - 1} ({K} = no class), got "
                              f"{int(class_labels.min())}..{int(class_labels.max())}")
-        return temb + self.class_emb(class_labels)                               # (N, E)
+        return class_labels
+
+    def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The conditioning vector e = TimeMLP(t) + E[y] of eq. 3.7 (book §3.5), (N, E).
+
+        With ``conditioning="cross"`` the class is not added here (see :meth:`class_context`): e = TimeMLP(t).
+        """
+        t = torch.as_tensor(t, device=self.conv_in.weight.device)
+        if t.ndim == 0:
+            t = t.expand(n)                                                      # (N,)
+        temb = self.time(t)                                                      # (N, E)
+        labels = self.labels(class_labels, n)
+        if labels is None or self.config.conditioning == "cross":
+            return temb
+        return temb + self.class_emb(labels)                                     # (N, E)
+
+    def class_context(self, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The class as a context of two tokens [s, E[y]] for cross-attention (book §3.5, eq. 3.6), (N, 2, D)."""
+        labels = self.labels(class_labels, n)
+        start = self.start_token.expand(n, 1, -1)                                # (N, 1, D)
+        return torch.cat([start, self.class_emb(labels)[:, None]], dim=1)        # (N, 2, D)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.embed(t, class_labels, x_t.shape[0]).to(x_t.dtype)          # (N, E)
+        if self.config.conditioning == "cross":
+            if context is not None:
+                raise ValueError("this U-Net makes its context from class_labels (conditioning='cross'); "
+                                 "pass class_labels, not context")
+            context = self.class_context(class_labels, x_t.shape[0])             # (N, 2, D)
         if (context is None) != (self.mid_cross is None):
             raise ValueError("pass context (N, L, context_dim) exactly when the U-Net has cross-attention "
                              f"(context_dim={self.config.context_dim})")
