@@ -165,6 +165,35 @@ def error_outputs(page) -> list[str]:
         "els => els.map(e => e.textContent)")
 
 
+def run_all_and_find_explorer(page, what: str):
+    """Run All; wait for the ipywidgets explorer's first figure and for every cell to finish; assert that no
+    cell printed an error. Returns (the explorer's widget, its figure) as locators."""
+    run_all(page)
+    widget = page.locator(".jp-NotebookPanel .jupyter-widgets.widget-interact, "
+                          ".jp-NotebookPanel .widget-interact").first
+    figure = widget.locator("img").first
+    figure.wait_for(state="attached", timeout=KERNEL_TIMEOUT_MS)   # the explorer rendered its first figure
+    wait_until_idle_after_run(page)
+    widget.scroll_into_view_if_needed()
+    figure.wait_for(state="visible")
+    errors = error_outputs(page)
+    assert not any("Error" in e for e in errors), (
+        f"{what} should run with no error; error outputs:\n" + "\n---\n".join(errors))
+    return widget, figure
+
+
+def drag(page, slider, dx: float) -> None:
+    """Drag an ipywidgets slider's handle ``dx`` pixels sideways with the mouse, as a person would."""
+    handle = slider.locator(".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y, steps=5)
+    page.mouse.up()
+
+
 def wait_for_error_output(page, text: str) -> str:
     """Wait until an error output containing ``text`` exists; return its text."""
     page.wait_for_function(
@@ -189,17 +218,7 @@ def test_an_exercise_left_undone_shows_not_implemented_error(browser, lab, shots
 
 def test_completed_warmup_runs_and_its_explorer_responds_to_the_slider(browser, lab, shots):
     page, record = open_notebook(browser, lab, COMPLETED)
-    run_all(page)
-    widget = page.locator(".jp-NotebookPanel .jupyter-widgets.widget-interact, "
-                          ".jp-NotebookPanel .widget-interact").first
-    figure = widget.locator("img").first
-    figure.wait_for(state="attached", timeout=KERNEL_TIMEOUT_MS)   # the explorer rendered its first figure
-    wait_until_idle_after_run(page)
-    widget.scroll_into_view_if_needed()
-    figure.wait_for(state="visible")
-    errors = error_outputs(page)
-    assert not any("Error" in e for e in errors), (
-        "the completed warm-up should run with no error; error outputs:\n" + "\n---\n".join(errors))
+    widget, figure = run_all_and_find_explorer(page, "the completed warm-up")
     sliders = widget.locator(".widget-slider")
     assert sliders.count() >= 1, "the explorer shows no slider (expected sigma and seed sliders)"
     readout = sliders.first.locator(".widget-readout")
@@ -207,13 +226,7 @@ def test_completed_warmup_runs_and_its_explorer_responds_to_the_slider(browser, 
     assert before_image and before_image.startswith("data:image/png"), f"the explorer's figure is not a PNG: {before_image!r:.80}"
     page.screenshot(path=str(shots / "warmup_explorer_before.png"))
 
-    handle = sliders.first.locator(".noUi-handle")
-    handle.scroll_into_view_if_needed()
-    box = handle.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2, steps=5)
-    page.mouse.up()
+    drag(page, sliders.first, 120)
 
     wait_for_redraw(page, widget, before_image)      # a new image, and the kernel done with the slider's updates
     after_value = readout.text_content()
@@ -240,17 +253,7 @@ def wait_for_redraw(page, widget, before_image: str) -> str:
 
 def test_completed_ch03_runs_and_its_explorer_follows_class_and_step(browser, lab, shots):
     page, record = open_notebook(browser, lab, CH03_COMPLETED)
-    run_all(page)
-    widget = page.locator(".jp-NotebookPanel .jupyter-widgets.widget-interact, "
-                          ".jp-NotebookPanel .widget-interact").first
-    figure = widget.locator("img").first
-    figure.wait_for(state="attached", timeout=KERNEL_TIMEOUT_MS)
-    wait_until_idle_after_run(page)
-    widget.scroll_into_view_if_needed()
-    figure.wait_for(state="visible")
-    errors = error_outputs(page)
-    assert not any("Error" in e for e in errors), (
-        "the completed chapter 3 notebook should run with no error; error outputs:\n" + "\n---\n".join(errors))
+    widget, figure = run_all_and_find_explorer(page, "the completed chapter 3 notebook")
     first = figure.get_attribute("src")
     assert first and first.startswith("data:image/png"), f"the explorer's figure is not a PNG: {first!r:.80}"
     page.screenshot(path=str(shots / "ch03_explorer_digit3.png"))
@@ -264,13 +267,7 @@ def test_completed_ch03_runs_and_its_explorer_follows_class_and_step(browser, la
     slider = widget.locator(".widget-slider").first
     readout = slider.locator(".widget-readout")
     before_value = readout.text_content()
-    handle = slider.locator(".noUi-handle")
-    handle.scroll_into_view_if_needed()
-    box = handle.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 2 - 150, box["y"] + box["height"] / 2, steps=5)
-    page.mouse.up()
+    drag(page, slider, -150)
     wait_for_redraw(page, widget, second)
     page.screenshot(path=str(shots / "ch03_explorer_step.png"))
     assert readout.text_content() != before_value, f"dragging the step slider should change it; it stayed {before_value}"
