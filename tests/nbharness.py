@@ -126,3 +126,48 @@ def exercise_runner(assignment: str, notebook: str, skip: tuple[str, ...], n_exe
         return run_tests(cache[0], overrides, skip=skip + others)
 
     return run
+
+
+def exercise_tests(run, wrong: dict, right: dict, n_test_cells: int, *, isolate: bool = False, wrong_marks=()):
+    """The three tests every graded notebook's test module has, built once here (bind them to test_* names).
+
+    - the solution passes all of its ``n_test_cells`` test cells;
+    - every mistake in ``wrong`` ({cell: [(what, code, fragment)]}) is rejected by its exercise's tests with a
+      message containing ``fragment`` (:func:`assert_mistake_caught`);
+    - every correct alternative in ``right`` ({cell: code or [code, ...]}) passes every test.
+
+    ``run(overrides[, only=k])`` runs the notebook (see :func:`exercise_runner`); with ``isolate`` the
+    mistake and alternative runs pass ``only=k`` (exercise k's test cells only: faster, but other
+    exercises' tests are then not checked to stay green). ``wrong_marks``: pytest marks for the
+    mistake test (for example a filter for the warning a mistake raises).
+    """
+    import pytest
+
+    only = (lambda cell: {"only": int(cell[2])}) if isolate else (lambda cell: {})
+    alternatives = [(cell, i, code) for cell in sorted(right)
+                    for i, code in enumerate(right[cell] if isinstance(right[cell], list) else [right[cell]])]
+
+    def test_solution_passes_every_test():
+        results = run({})
+        assert len(results) == n_test_cells, f"expected {n_test_cells} test cells; found {sorted(results)}"
+        failed = {k: v for k, v in results.items() if v}
+        assert not failed, f"the solution fails its own tests: {failed}"
+
+    @pytest.mark.parametrize("cell,what,code,fragment",
+                             [(c, w, code, f) for c, cases in wrong.items() for w, code, f in cases],
+                             ids=[f"{c}-{w}" for c, cases in wrong.items() for w, _, _ in cases])
+    def test_wrong_implementation_is_rejected_with_a_pointed_message(cell, what, code, fragment):
+        assert_mistake_caught(run({cell: code}, **only(cell)), int(cell[2]), what, fragment)
+
+    for mark in wrong_marks:
+        test_wrong_implementation_is_rejected_with_a_pointed_message = mark(
+            test_wrong_implementation_is_rejected_with_a_pointed_message)
+
+    @pytest.mark.parametrize("cell,code", [(c, code) for c, _, code in alternatives],
+                             ids=[f"{c}-{i}" for c, i, _ in alternatives])
+    def test_correct_alternative_is_accepted(cell, code):
+        failed = {k: v for k, v in run({cell: code}, **only(cell)).items() if v}
+        assert not failed, f"the correct alternative for {cell} was rejected: {failed}"
+
+    return (test_solution_passes_every_test, test_wrong_implementation_is_rejected_with_a_pointed_message,
+            test_correct_alternative_is_accepted)

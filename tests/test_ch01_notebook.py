@@ -13,8 +13,8 @@ import time
 import nbformat
 import pytest
 
-from nbharness import (REPO, assert_full_marks_and_zero, assert_mistake_caught, assert_release_in_sync, grade_id,
-                       load_solution, run_tests as _run)
+from nbharness import (assert_full_marks_and_zero, assert_release_in_sync, exercise_tests, grade_id, load_solution,
+                       REPO, run_tests as _run)
 
 ASSIGNMENT, NOTEBOOK = "ch01_math", "math"
 SOLUTION = load_solution(ASSIGNMENT, NOTEBOOK)
@@ -202,27 +202,8 @@ RIGHT = {   # correct alternatives that must earn full marks
 }
 
 
-def test_solution_passes_every_test():
-    results = run_tests({})
-    assert len(results) == 10, f"expected 10 test cells (5 exercises x visible + hidden); found {sorted(results)}"
-    failed = {k: v for k, v in results.items() if v}
-    assert not failed, f"the solution fails its own tests: {failed}"
-
-
-@pytest.mark.parametrize("cell,what,code,fragment",
-                         [(c, w, code, f) for c, cases in WRONG.items() for w, code, f in cases],
-                         ids=[f"{c}-{w}" for c, cases in WRONG.items() for w, _, _ in cases])
-def test_wrong_implementation_is_rejected_with_a_pointed_message(cell, what, code, fragment):
-    k = int(cell[2])
-    results = run_tests({cell: code})
-    assert_mistake_caught(results, k, what, fragment)
-
-
-@pytest.mark.parametrize("cell", sorted(RIGHT))
-def test_correct_alternative_is_accepted(cell):
-    results = run_tests({cell: RIGHT[cell]})
-    failed = {k: v for k, v in results.items() if v}
-    assert not failed, f"the correct alternative for {cell} was rejected: {failed}"
+(test_solution_passes_every_test, test_wrong_implementation_is_rejected_with_a_pointed_message,
+ test_correct_alternative_is_accepted) = exercise_tests(run_tests, WRONG, RIGHT, 10)
 
 
 def test_notebook_has_parameters_points_and_an_explorer():

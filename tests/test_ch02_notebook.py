@@ -10,8 +10,8 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from nbharness import (REPO, assert_full_marks_and_zero, assert_mistake_caught, assert_release_in_sync, exercise_runner,
-                       load_solution)
+from nbharness import (assert_full_marks_and_zero, assert_release_in_sync, exercise_runner, exercise_tests,
+                       load_solution, REPO)
 
 ASSIGNMENT, NOTEBOOK = "ch02_sampling", "sampling"
 SKIP = ("explorer", "fast_path", "plot")
@@ -189,27 +189,8 @@ RIGHT = {   # correct alternatives that must earn full marks
 }
 
 
-def test_solution_passes_every_test():
-    results = run_tests({})
-    assert len(results) == 2 * N_EXERCISES, f"expected {2 * N_EXERCISES} test cells; found {sorted(results)}"
-    failed = {k: v for k, v in results.items() if v}
-    assert not failed, f"the solution fails its own tests: {failed}"
-
-
-@pytest.mark.parametrize("cell,what,code,fragment",
-                         [(c, w, code, f) for c, cases in WRONG.items() for w, code, f in cases],
-                         ids=[f"{c}-{w}" for c, cases in WRONG.items() for w, _, _ in cases])
-def test_wrong_implementation_is_rejected_with_a_pointed_message(cell, what, code, fragment):
-    k = int(cell[2])
-    results = run_tests({cell: code}, only=k)
-    assert_mistake_caught(results, k, what, fragment)
-
-
-@pytest.mark.parametrize("cell", sorted(RIGHT))
-def test_correct_alternative_is_accepted(cell):
-    results = run_tests({cell: RIGHT[cell]}, only=int(cell[2]))
-    failed = {k: v for k, v in results.items() if v}
-    assert not failed, f"the correct alternative for {cell} was rejected: {failed}"
+(test_solution_passes_every_test, test_wrong_implementation_is_rejected_with_a_pointed_message,
+ test_correct_alternative_is_accepted) = exercise_tests(run_tests, WRONG, RIGHT, 2 * N_EXERCISES, isolate=True)
 
 
 def test_notebook_has_parameters_points_explorer_and_diffusers_oracle():

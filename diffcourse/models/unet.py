@@ -202,8 +202,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def labels(self, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
-        """Checked class labels (N,) long on the model's device; None -> the "no class" label (book §3.5)."""
+    def labels(self, class_labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """Checked class labels (N,) long on the model's device; None -> the "no class" label; None for an
+        unconditional U-Net, which refuses labels (book §3.5)."""
         if self.class_emb is None:
             if class_labels is not None:
                 raise ValueError("this U-Net is unconditional (num_classes=0); it takes no class_labels")
@@ -227,29 +228,37 @@ class UNet(nn.Module):
 
         With ``conditioning="cross"`` the class is not added here (see :meth:`class_context`): e = TimeMLP(t).
         """
+        return self._embed(t, self.labels(class_labels, n), n)
+
+    def class_context(self, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The class as a context of two tokens [s, E[y]] for cross-attention (book §3.5, eq. 3.6), (N, 2, D)."""
+        return self._class_context(self.labels(class_labels, n), n)
+
+    def _embed(self, t, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """e = TimeMLP(t) + E[y] (eq. 3.7) for labels already checked by :meth:`labels` (book §3.5). (N, E)."""
         t = torch.as_tensor(t, device=self.conv_in.weight.device)
         if t.ndim == 0:
             t = t.expand(n)                                                      # (N,)
         temb = self.time(t)                                                      # (N, E)
-        labels = self.labels(class_labels, n)
         if labels is None or self.config.conditioning == "cross":
             return temb
         return temb + self.class_emb(labels)                                     # (N, E)
 
-    def class_context(self, class_labels: torch.Tensor | None, n: int) -> torch.Tensor:
-        """The class as a context of two tokens [s, E[y]] for cross-attention (book §3.5, eq. 3.6), (N, 2, D)."""
-        labels = self.labels(class_labels, n)
+    def _class_context(self, labels: torch.Tensor, n: int) -> torch.Tensor:
+        """The tokens [s, E[y]] (eq. 3.6's context c) for checked labels (book §3.5). (N, 2, D)."""
         start = self.start_token.expand(n, 1, -1)                                # (N, 1, D)
         return torch.cat([start, self.class_emb(labels)[:, None]], dim=1)        # (N, 2, D)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
-        temb = self.embed(t, class_labels, x_t.shape[0]).to(x_t.dtype)          # (N, E)
+        n = x_t.shape[0]
+        labels = self.labels(class_labels, n)                                    # checked once per call
+        temb = self._embed(t, labels, n).to(x_t.dtype)                           # (N, E)
         if self.config.conditioning == "cross":
             if context is not None:
                 raise ValueError("this U-Net makes its context from class_labels (conditioning='cross'); "
                                  "pass class_labels, not context")
-            context = self.class_context(class_labels, x_t.shape[0])             # (N, 2, D)
+            context = self._class_context(labels, n)                             # (N, 2, D)
         if (context is None) != (self.mid_cross is None):
             raise ValueError("pass context (N, L, context_dim) exactly when the U-Net has cross-attention "
                              f"(context_dim={self.config.context_dim})")
