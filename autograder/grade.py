@@ -80,11 +80,13 @@ class FileLock:
 # ----------------------------------------------------------------------------- nbgrader set-up
 
 def nbgrader_config(out: Path, root: Path):
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, GetGrades, IgnorePattern,
                                         LimitOutput, SaveAutoGrades)
     from traitlets.config import Config
 
     from .execute import PapermillExecute
+    from .feedback import HideHiddenTests
 
     c = Config()
     c.CourseDirectory.root = str(out)
@@ -97,6 +99,8 @@ def nbgrader_config(out: Path, root: Path):
     c.OverwriteCells.add_missing_cells = True
     c.LimitOutput.max_lines = 1000
     c.LimitOutput.max_traceback = 100
+    # feedback without the hidden tests' code (autograder/feedback.py); GetGrades reads the gradebook
+    c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
     return c
 
 
