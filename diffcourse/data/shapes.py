@@ -9,6 +9,12 @@ and image ``i`` of a dataset depends only on ``(seed, i)``: the same on every ru
 Attributes come as words (``objects(i)``: a list of dicts) and as integer ids
 (``item["attributes"]``: (max_shapes, 4) long rows ``[shape, colour, size, position]``, -1 for an
 absent shape), and captions as token ids over :data:`VOCAB` (``tokenize``).
+
+Styles (book §4.2, the data the VAE must give back): ``style="plain"`` (the default, unchanged) paints
+flat shapes on black. ``style="varied"`` adds a background (black, a dark solid colour, a gradient or
+a noise texture) and a texture on each shape (flat, stripes or a shading), drawn from a second
+generator of (seed, index), so the shapes, captions and attributes of item i are the same in both
+styles. Later chapters' LoRA styles rely on the decoder having seen these.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "POSITIONS", "POSITION_PHRASES", "VOCAB",
     "shape_mask", "render_objects", "caption_for", "sample_objects", "tokenize",
-    "make_shapes", "ShapesDataset",
+    "make_shapes", "ShapesDataset", "STYLES", "BACKGROUNDS", "TEXTURES", "draw_style", "render_styled",
 ]
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -39,6 +45,9 @@ POSITION_PHRASES = {
 VOCAB = ("<pad>", "<unk>", "a", "and", "at", "on", "in", "the", "moving", "up", "down",
          "top", "bottom", "left", "right", "center", *SIZES, *COLOURS, *SHAPES)
 _WORD_ID = {w: i for i, w in enumerate(VOCAB)}
+STYLES = ("plain", "varied")
+BACKGROUNDS = ("black", "solid", "gradient", "noise")
+TEXTURES = ("flat", "stripes", "shading")
 
 
 # ----------------------------------------------------------------------------- rasterisation
@@ -79,6 +88,69 @@ def render_objects(objects: list[dict], size: int, antialias: int = 4) -> torch.
     for ob in objects:
         m = shape_mask(ob["shape"], *ob["center"], ob["radius"], size, antialias)   # (H, W)
         colour = torch.tensor(COLOURS[ob["colour"]])[:, None, None]           # (3, 1, 1)
+        img = img * (1 - m) + colour * m
+    return img * 2 - 1
+
+
+def draw_style(generator: torch.Generator, count: int) -> dict:
+    """A random background and one texture per shape for ``style="varied"`` (book §4.2).
+
+    Returns ``dict(background=name, bg_colour=(3,) in [0, 0.35], bg_colour2=(3,), noise_seed=int,
+    textures=[name, ...] (count), angles=[float, ...] (count))``. Backgrounds stay dark (every channel
+    at most 0.35) so the shapes, whose brightest channel is 1, stand out from them.
+    """
+    background = BACKGROUNDS[int(torch.randint(len(BACKGROUNDS), (), generator=generator))]
+    bg = torch.rand(2, 3, generator=generator) * 0.35                         # (2, 3) two dark colours
+    noise_seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    textures = [TEXTURES[int(torch.randint(len(TEXTURES), (), generator=generator))] for _ in range(count)]
+    angles = (torch.rand(count, generator=generator) * math.pi).tolist()
+    return dict(background=background, bg_colour=bg[0].tolist(), bg_colour2=bg[1].tolist(),
+                noise_seed=noise_seed, textures=textures, angles=angles)
+
+
+def _background(style: dict, size: int) -> torch.Tensor:
+    """The (3, size, size) background in [0, 1] that ``style`` describes (book §4.2)."""
+    c1, c2 = torch.tensor(style["bg_colour"])[:, None, None], torch.tensor(style["bg_colour2"])[:, None, None]
+    kind = style["background"]
+    if kind == "black":
+        return torch.zeros(3, size, size)
+    if kind == "solid":
+        return c1.expand(3, size, size).clone()
+    if kind == "gradient":                                                    # top c1 -> bottom c2
+        w = torch.linspace(0, 1, size)[None, :, None]                         # (1, H, 1)
+        return (c1 * (1 - w) + c2 * w).expand(3, size, size).clone()
+    if kind == "noise":                                                       # blurred noise between c1 and c2
+        g = torch.Generator().manual_seed(style["noise_seed"])
+        n = torch.rand(1, 1, size // 4 + 1, size // 4 + 1, generator=g)
+        n = F.interpolate(n, size=(size, size), mode="bilinear", align_corners=True)[0]   # (1, H, W)
+        return c1 * (1 - n) + c2 * n
+    raise ValueError(f"unknown background {kind!r}; choose one of {BACKGROUNDS}")
+
+
+def _texture(kind: str, angle: float, ob: dict, size: int) -> torch.Tensor:
+    """Brightness (size, size) in [0.55, 1] that multiplies a shape's colour (book §4.2)."""
+    if kind == "flat":
+        return torch.ones(size, size)
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    if kind == "stripes":                                                     # period 3 px along `angle`
+        u = yy * math.sin(angle) + xx * math.cos(angle)
+        return 0.775 + 0.225 * torch.cos(2 * math.pi * u / 3)
+    if kind == "shading":                                                     # lit from the top left
+        cy, cx = ob["center"]
+        d = ((yy - cy + ob["radius"]) ** 2 + (xx - cx + ob["radius"]) ** 2).sqrt() / (2.5 * ob["radius"])
+        return 1 - 0.45 * d.clamp(0, 1)
+    raise ValueError(f"unknown texture {kind!r}; choose one of {TEXTURES}")
+
+
+def render_styled(objects: list[dict], style: dict, size: int, antialias: int = 4) -> torch.Tensor:
+    """Paint objects over the background of ``style``, each with its texture (book §4.2).
+
+    ``style`` comes from :func:`draw_style`. Returns (3, size, size) float32 in [-1, 1].
+    """
+    img = _background(style, size)                                            # (3, H, W) in [0, 1]
+    for ob, kind, angle in zip(objects, style["textures"], style["angles"]):
+        m = shape_mask(ob["shape"], *ob["center"], ob["radius"], size, antialias)   # (H, W)
+        colour = torch.tensor(COLOURS[ob["colour"]])[:, None, None] * _texture(kind, angle, ob, size)
         img = img * (1 - m) + colour * m
     return img * 2 - 1
 
@@ -138,19 +210,21 @@ def _attribute_ids(objects: list[dict], max_shapes: int) -> torch.Tensor:
     return ids
 
 
-def _item_generator(seed: int, index: int) -> torch.Generator:
-    """A generator that depends only on (seed, index), so items can be drawn in any order."""
-    return torch.Generator().manual_seed((int(seed) * 2_654_435_761 + int(index)) % (2**63 - 1))
+def _item_generator(seed: int, index: int, salt: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, index), so items can be drawn in any order (``salt``:
+    another stream for the same item, e.g. its style)."""
+    return torch.Generator().manual_seed((int(seed) * 2_654_435_761 + int(index) + salt * 7_919) % (2**63 - 1))
 
 
 # ----------------------------------------------------------------------------- datasets
 
-def make_shapes(n: int, seed: int = 0, size: int = 32, max_shapes: int = 2, antialias: int = 4):
+def make_shapes(n: int, seed: int = 0, size: int = 32, max_shapes: int = 2, antialias: int = 4,
+                style: str = "plain"):
     """``n`` images (n, 3, size, size) in [-1, 1], their captions and their object lists (book §5).
 
-    Identical to items 0..n-1 of ``ShapesDataset(n, seed, size, max_shapes, antialias)``.
+    Identical to items 0..n-1 of ``ShapesDataset(n, seed, size, max_shapes, antialias, style=style)``.
     """
-    ds = ShapesDataset(n, seed=seed, size=size, max_shapes=max_shapes, antialias=antialias)
+    ds = ShapesDataset(n, seed=seed, size=size, max_shapes=max_shapes, antialias=antialias, style=style)
     items = [ds[i] for i in range(n)]
     images = torch.stack([it["image"] for it in items]) if n else torch.zeros(0, 3, size, size)
     return images, [it["caption"] for it in items], [ds.objects(i) for i in range(n)]
@@ -161,13 +235,17 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     An item is a dict: ``image`` (3, size, size) float32 in [-1, 1], ``caption`` (str), ``tokens``
     (max_len,) long, ``attributes`` (max_shapes, 4) long ``[shape, colour, size, position]`` ids
-    (-1 rows for absent shapes). Works with the default DataLoader collate.
+    (-1 rows for absent shapes). Works with the default DataLoader collate. ``style``: "plain" (flat
+    shapes on black) or "varied" (backgrounds and textures, book §4.2; same shapes and captions).
     """
 
     def __init__(self, n: int, seed: int = 0, size: int = 32, max_shapes: int = 2,
-                 antialias: int = 4, max_len: int = 20):
+                 antialias: int = 4, max_len: int = 20, style: str = "plain"):
         if size < 12:
             raise ValueError(f"size must be at least 12 pixels, got {size}")
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; choose one of {STYLES}")
+        self.style = style
         self.n, self.seed, self.size, self.max_shapes = n, seed, size, max_shapes
         self.antialias, self.max_len = antialias, max_len
 
@@ -183,6 +261,11 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         objects = self.objects(index)
         caption = caption_for(objects)
-        return dict(image=render_objects(objects, self.size, self.antialias), caption=caption,
+        if self.style == "plain":
+            image = render_objects(objects, self.size, self.antialias)
+        else:
+            style = draw_style(_item_generator(self.seed, index, salt=1), len(objects))
+            image = render_styled(objects, style, self.size, self.antialias)
+        return dict(image=image, caption=caption,
                     tokens=tokenize(caption, self.max_len),
                     attributes=_attribute_ids(objects, self.max_shapes))
