@@ -39,20 +39,56 @@ def _locked_names(release) -> set[str]:
     return names - {"GRADING", "DEVICE", "SEED"}
 
 
+def _module_level_names(tree: ast.AST) -> set[int]:
+    """ids of the ``ast.Name`` targets that bind a module-level (global) name.
+
+    An assignment inside a function or lambda binds a local, which cannot touch the tests' helpers,
+    unless the function declares the name ``global``; a comprehension's variables are local too.
+    """
+    found: set[int] = set()
+
+    def visit(node, globals_: set[str] | None):
+        # globals_ is None at module level, else the names this function declares global
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                declared = {n for g in ast.walk(child) if isinstance(g, ast.Global) for n in g.names}
+                visit(child, declared)
+                continue
+            if isinstance(child, ast.Name) and isinstance(child.ctx, (ast.Store, ast.Del)):
+                if globals_ is None or child.id in globals_:
+                    found.add(id(child))
+            if isinstance(child, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                visit(child, set() if globals_ is None else globals_)
+                continue
+            visit(child, globals_)
+
+    visit(tree, None)
+    return found
+
+
 def rebinding_flags(source: str, protected: set[str]) -> list[str]:
-    """Static scan of one student cell for rebinding of helpers, modules' attributes or builtins."""
+    """Static scan of one student cell for rebinding of helpers, modules' attributes or builtins.
+
+    A helper's name bound at module level (or declared ``global``) is flagged; the same name as a
+    local variable of the student's function (``reference = ddim_sample(...)``) is not.
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
     flags = []
     modules = WATCHED_MODULES | {n for n in protected if n in {"torch", "math", "np"}}
+    module_level = _module_level_names(tree)
     for node in ast.walk(tree):
         targets = []
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         elif isinstance(node, ast.Delete):
             targets = node.targets
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith, ast.NamedExpr)):
+            targets = ([node.target] if isinstance(node, (ast.For, ast.AsyncFor, ast.NamedExpr)) else
+                       [i.optional_vars for i in node.items if i.optional_vars is not None])
+        targets = [n for t in targets for n in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
         for target in targets:
             if isinstance(target, ast.Attribute):
                 base = target.value
@@ -60,7 +96,7 @@ def rebinding_flags(source: str, protected: set[str]) -> list[str]:
                     base = base.value
                 if isinstance(base, ast.Name) and base.id in modules:
                     flags.append(f"rebinds {ast.unparse(target)}")
-            elif isinstance(target, ast.Name) and target.id in protected:
+            elif isinstance(target, ast.Name) and target.id in protected and id(target) in module_level:
                 flags.append(f"rebinds the test helper '{target.id}'")
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in protected:
             flags.append(f"redefines the test helper '{node.name}'")

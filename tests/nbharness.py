@@ -5,6 +5,34 @@ The source notebook ``solutions/{assignment}/{notebook}.ipynb`` is executed as w
 replaced by other code: a plausible mistake must make the exercise's test cells fail with a
 message that points at it; a correct alternative must pass. Grading through the real kernel,
 papermill and nbgrader is tested in ``test_autograder_grade.py``.
+
+The contract every graded notebook follows (chapters written later included; enforced for every
+``solutions/*/*.ipynb`` by ``tests/test_assessment_contract.py``):
+
+1. Exercise ``k`` has one solution cell ``ex{k}_solution`` and the test cells ``test_ex{k}_visible``
+   and ``test_ex{k}_hidden`` (grade ids).
+2. Each solution cell declares, in its cell metadata, every function and class it defines::
+
+       "grading": {"ddim_step": {},
+                   "simple_loss": {"differentiable": true},
+                   "make_grid": {"exempt": {"in_place": "takes no tensors"}}}
+
+   ``differentiable``: the result must carry gradients (a loss, a layer): the ``no_grad`` mutant
+   applies. ``exempt``: mutant id -> the reason it cannot apply (a reason is required).
+3. Generic mutants derived from each declared solution (``tests/nbmutants.py``: writes into its
+   tensor inputs; runs under ``no_grad``; ignores its ``generator``; ignores each argument that has
+   a default) must each fail exercise k's tests with a message naming the mistake. So the tests
+   pass non-default values for every argument that has one, check that inputs are left unchanged
+   (``diffcourse.grading.call_checked``), compare seeded draws against the reference with the same
+   generator, and back-propagate through differentiable results (``check_differentiable``).
+4. Exercises are independent: with exercise k's functions replaced by ones that raise ("poisoned"),
+   only exercise k's tests fail. A later exercise's tests run the student's function with the
+   course's implementation of the earlier ones (``diffcourse.grading.reference`` with
+   ``diffcourse.notebook_refs``), so a mistake costs once. Non-test cells that fail are tolerated
+   as the grader tolerates them (it runs with ``allow_errors``).
+5. Messages name what differs (value and index, expected against got): ``diffcourse.grading.check_close``.
+6. Each chapter's ``tests/test_chNN_notebook.py`` keeps its plausible chapter-specific mistakes
+   (``WRONG``: the fragment each message must contain) and correct alternatives (``RIGHT``).
 """
 from __future__ import annotations
 
@@ -25,12 +53,14 @@ def grade_id(cell) -> str | None:
 
 
 def run_tests(nb, overrides: dict[str, str] | None = None, *, skip: tuple[str, ...] = (),
-              grading: bool = True) -> dict[str, str | None]:
+              grading: bool = True, allow_errors: bool = False, until: str | None = None) -> dict[str, str | None]:
     """Execute ``nb`` with solution cells replaced; maps each graded test cell's grade id to its error or None.
 
     ``overrides``: grade id -> replacement source. ``skip``: grade ids not to run (widgets,
     plots). With ``grading`` the ``parameters`` cell is followed by ``GRADING = True`` as the
-    autograder injects it. A non-test cell that raises stops the run (it is a broken override).
+    autograder injects it. A non-test cell that raises stops the run (it is a broken override),
+    unless ``allow_errors`` (as the grader runs: later cells still run). ``until``: the grade id of
+    the last cell to run (the cells after it cannot affect its result).
     """
     overrides = overrides or {}
     ns: dict = {"__name__": "__main__"}
@@ -48,8 +78,15 @@ def run_tests(nb, overrides: dict[str, str] | None = None, *, skip: tuple[str, .
                 results[gid] = None
             except Exception as exc:   # noqa: BLE001 - a failing test: keep its message
                 results[gid] = f"{type(exc).__name__}: {exc}"
+        elif allow_errors:
+            try:
+                exec(compile(source, gid or "<cell>", "exec"), ns)
+            except Exception:   # noqa: BLE001 - the grader runs on past a failing cell
+                pass
         else:
             exec(compile(source, gid or "<cell>", "exec"), ns)
+        if until is not None and gid == until:
+            break
     return results
 
 
@@ -108,6 +145,7 @@ def assert_full_marks_and_zero(assignment: str, notebook: str, max_score: float,
     assert solved["status"] == "ok", f"the solution should grade cleanly; status {solved['status']}: {solved['notes']}"
     assert float(untouched["score"]) == 0, f"the untouched released notebook should score 0; got {untouched['score']}"
     assert float(solved["seconds"]) < 30, f"grading the solution took {solved['seconds']} s; it must stay well under 30 s"
+    print(f"{assignment}: the solution scored {solved['score']}/{max_score} in {solved['seconds']} s")
 
 
 def exercise_runner(assignment: str, notebook: str, skip: tuple[str, ...], n_exercises: int):
@@ -171,3 +209,108 @@ def exercise_tests(run, wrong: dict, right: dict, n_test_cells: int, *, isolate:
 
     return (test_solution_passes_every_test, test_wrong_implementation_is_rejected_with_a_pointed_message,
             test_correct_alternative_is_accepted)
+
+
+# ----------------------------------------------------------------------------- the contract (see the docstring)
+
+def solution_cells(nb) -> dict[int, object]:
+    """Exercise number -> its solution cell (grade id ``ex{k}_solution``)."""
+    import re
+
+    cells = {}
+    for cell in nb.cells:
+        m = re.fullmatch(r"ex(\d+)_solution", grade_id(cell) or "")
+        if m:
+            cells[int(m.group(1))] = cell
+    return cells
+
+
+def contract_problems(nb) -> list[str]:
+    """What the notebook ``nb`` lacks of points 1-2 of the contract (empty when it complies)."""
+    from nbmutants import defined_names
+
+    problems = []
+    tests = {grade_id(c) for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
+    cells = solution_cells(nb)
+    if not cells:
+        problems.append("no solution cell named ex{k}_solution")
+    for k, cell in sorted(cells.items()):
+        for kind in ("visible", "hidden"):
+            if f"test_ex{k}_{kind}" not in tests:
+                problems.append(f"exercise {k} has no test cell test_ex{k}_{kind}")
+        declared = cell.metadata.get("grading")
+        names = defined_names(cell.source)
+        if not declared:
+            problems.append(f"ex{k}_solution declares no 'grading' metadata (it defines {names})")
+            continue
+        for name in names:
+            if name not in declared:
+                problems.append(f"ex{k}_solution defines {name} but does not declare it in its 'grading' metadata")
+        for name, spec in declared.items():
+            if name not in names:
+                problems.append(f"ex{k}_solution declares {name}, which it does not define")
+            for mutant, reason in spec.get("exempt", {}).items():
+                if not str(reason).strip():
+                    problems.append(f"ex{k}_solution: {name} is exempt from {mutant} without a reason")
+    return problems
+
+
+def mutant_cases(nb) -> list[tuple[int, str, str, str]]:
+    """(exercise, solution grade id, name, mutant id) for every declared, non-exempt generic mutant."""
+    from nbmutants import mutant_ids
+
+    cases = []
+    for k, cell in sorted(solution_cells(nb).items()):
+        for name, spec in cell.metadata.get("grading", {}).items():
+            for kind in mutant_ids(cell.source, name, bool(spec.get("differentiable"))):
+                if kind not in spec.get("exempt", {}):
+                    cases.append((k, grade_id(cell), name, kind))
+    return cases
+
+
+def mutant_source(source: str, name: str, kind: str) -> str:
+    """The solution cell ``source`` with ``name`` replaced by its mutant ``kind``."""
+    return (source + f"\nfrom nbmutants import mutate as _nbm_mutate\n"
+            f"{name} = _nbm_mutate({name}, {kind!r}, {f'{name}:{kind}'!r})\n")
+
+
+def poisoned_source(source: str) -> str:
+    """The solution cell ``source`` with every function and class it defines replaced by one that raises."""
+    from nbmutants import defined_names
+
+    return source + "\nfrom nbmutants import poisoned as _nbm_poisoned\n" + "".join(
+        f"{name} = _nbm_poisoned({name!r})\n" for name in defined_names(source))
+
+
+def assert_independent(nb, k: int, *, skip: tuple[str, ...] = ()) -> None:
+    """With exercise k poisoned, exercise k's tests fail and every other exercise's tests pass."""
+    import re
+
+    cell = solution_cells(nb)[k]
+    earlier = tuple(g for g in (grade_id(c) for c in nb.cells) if g and (m := re.fullmatch(r"test_ex(\d+)_\w+", g))
+                    and int(m.group(1)) < k)           # they run before exercise k's cell: nothing to learn there
+    results = run_tests(nb, {grade_id(cell): poisoned_source(cell.source)}, skip=skip + earlier, allow_errors=True)
+    mine = {g: m for g, m in results.items() if g.startswith(f"test_ex{k}_")}
+    assert mine and all(mine.values()), f"with exercise {k} poisoned its own tests should fail; got {mine}"
+    others = {g: m for g, m in results.items() if m and not g.startswith(f"test_ex{k}_")}
+    assert not others, (f"exercise {k}'s functions are used by other exercises' tests, so one mistake costs several "
+                        f"exercises: run them with diffcourse.grading.reference(globals(), ...) instead: {others}")
+
+
+def assert_mutant_rejected(nb, k: int, name: str, kind: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Exercise k's tests reject mutant ``kind`` of ``name`` with a message containing its fragment."""
+    import pytest
+
+    from nbmutants import FIRED, fragment
+
+    cell = solution_cells(nb)[k]
+    others = tuple(g for g in (grade_id(c) for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
+                   if not g.startswith(f"test_ex{k}_"))
+    key = f"{name}:{kind}"
+    FIRED[key] = 0
+    results = run_tests(nb, {grade_id(cell): mutant_source(cell.source, name, kind)}, skip=skip + others,
+                        allow_errors=True, until=f"test_ex{k}_hidden")
+    if kind == "in_place" and not FIRED[key]:
+        pytest.skip(f"{name} never receives a tensor in the tests: nothing to write into")
+    assert kind.startswith("default:") or FIRED[key], f"the mutant {kind} of {name} never changed a call"
+    assert_mistake_caught(results, k, f"{name}: {kind}", fragment(kind))

@@ -71,6 +71,12 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("variance without sqrt", ddpm_step_variant(noise_line="return mean + var * z"), "forget the square root"),
         ("alpha_bar[t-1] wraps at t=0", ddpm_step_variant(prev_line="ab_prev = float(alpha_bar[t - 1])"),
          "must return x0_hat exactly"),
+        ("eps_hat scaled in place", ddpm_step_variant(
+            x0_line="x0 = (x_t - eps_hat.mul_(math.sqrt(1 - ab_t))) / math.sqrt(ab_t)"), "in place"),
+        ("the notebook's alpha_bar instead of the argument",
+         ddpm_step_variant().replace("t, alpha_bar, generator", "t, schedule_alpha_bar, generator"),
+         "not the notebook's alpha_bar"),
+        ("noise from the global RNG", ddpm_step_variant().replace("generator=generator, ", ""), "generator"),
     ],
     "ex2_solution": [
         ("ascending loop", "def ddpm_sample(model, shape, alpha_bar, generator, progress=False):\n"
@@ -88,6 +94,17 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
                             "    for t in reversed(range(len(alpha_bar))):\n"
                             "        x = ddpm_step(model(x, torch.full((shape[0],), float(t))), x, t, alpha_bar, generator)\n"
                             "    return x", "(N,) long tensor"),
+        ("the notebook's T", "def ddpm_sample(model, shape, alpha_bar, generator, progress=False):\n"
+                             "    x = torch.randn(shape, generator=generator)\n"
+                             "    for t in reversed(range(T)):\n"
+                             "        x = ddpm_step(model(x, torch.full((shape[0],), t)), x, t, alpha_bar, generator)\n"
+                             "    return x", "len(alpha_bar)"),
+        ("a new generator for every step", "def ddpm_sample(model, shape, alpha_bar, generator, progress=False):\n"
+                                           "    x = torch.randn(shape, generator=generator)\n"
+                                           "    for t in reversed(range(len(alpha_bar))):\n"
+                                           "        x = ddpm_step(model(x, torch.full((shape[0],), t)), x, t, alpha_bar,"
+                                           " torch.Generator().manual_seed(t))\n"
+                                           "    return x", "same generator"),
     ],
     "ex3_solution": [
         ("no sigma^2 subtraction", ddim_step_variant(c_eps="math.sqrt(1 - ab_prev)"), "subtract sigma_t^2"),
@@ -96,6 +113,10 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("noise drawn at eta = 0", ddim_step_variant(
             noise="x = x + sigma * torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype)"),
          "draw no noise"),
+        ("noise from the global RNG", ddim_step_variant().replace("generator=generator, ", ""), "generator"),
+        ("x_t scaled in place", ddim_step_variant().replace(
+            "x0 = (x_t - math.sqrt(1 - ab_t) * eps_hat) / math.sqrt(ab_t)",
+            "x0 = x_t.sub_(math.sqrt(1 - ab_t) * eps_hat).div_(math.sqrt(ab_t))"), "in place"),
     ],
     "ex4_solution": [
         ("ascending grid", "import numpy as np\ndef make_grid(num_steps, T, spacing):\n"
@@ -114,7 +135,7 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
                                 "        return torch.linspace(T - T // num_steps, 0, num_steps).round().long()\n"
                                 "    if spacing == 'trailing':\n"
                                 "        return torch.from_numpy(np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1)\n"
-                                "    raise ValueError(spacing)", "expected diffusers' grid"),
+                                "    raise ValueError(spacing)", "diffusers' grid"),
     ],
     "ex5_solution": [
         ("alpha_bar[t-1] instead of the next grid point",
@@ -126,6 +147,18 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("eta ignored",
          SAMPLE_HEAD + DDIM_SAMPLE_BODY.format(prev="float(alpha_bar[ts[k + 1]]) if k + 1 < len(ts) else 1.0", eta="0.0"),
          "pass eta and the generator"),
+        ("eta = 1 where 0 is asked",
+         SAMPLE_HEAD + DDIM_SAMPLE_BODY.format(prev="float(alpha_bar[ts[k + 1]]) if k + 1 < len(ts) else 1.0", eta="1.0"),
+         "pass eta to ddim_step"),
+        ("steps to t - T // n (diffusers' rule, right on leading grids only)",
+         SAMPLE_HEAD + DDIM_SAMPLE_BODY.format(prev="float(alpha_bar[t - T // len(ts)]) if t - T // len(ts) >= 0 else 1.0",
+                                               eta="eta"), "NEXT GRID POINT"),
+        ("the notebook's alpha_bar", SAMPLE_HEAD.replace("alpha_bar, timesteps", "ab_given, timesteps")
+         + DDIM_SAMPLE_BODY.format(prev="float(alpha_bar[ts[k + 1]]) if k + 1 < len(ts) else 1.0", eta="eta"),
+         "alpha_bar argument"),
+        ("x_T updated in place", SAMPLE_HEAD + DDIM_SAMPLE_BODY.format(
+            prev="float(alpha_bar[ts[k + 1]]) if k + 1 < len(ts) else 1.0", eta="eta").replace(
+            "x = ddim_step(", "x[...] = ddim_step("), "in place"),
     ],
     "ex6_solution": [
         ("mean squared error", "def ddim_convergence(model, x_T, alpha_bar, step_counts, reference_steps=1000):\n"
@@ -137,6 +170,14 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
                                           " alpha_bar, make_grid(reference_steps, len(alpha_bar), 'leading'))\n"
                                           "    return {n: float(((ddim_sample(model, x_T, alpha_bar, make_grid(n, len(alpha_bar), 'leading'))"
                                           " - ref) ** 2).mean().sqrt()) for n in step_counts}", "same x_T"),
+        ("the notebook's T", "def ddim_convergence(model, x_T, alpha_bar, step_counts, reference_steps=1000):\n"
+                             "    ref = ddim_sample(model, x_T, alpha_bar, make_grid(reference_steps, T, 'leading'))\n"
+                             "    return {n: float(((ddim_sample(model, x_T, alpha_bar, make_grid(n, T, 'leading'))"
+                             " - ref) ** 2).mean().sqrt()) for n in step_counts}", "len(alpha_bar)"),
+        ("reference_steps ignored", "def ddim_convergence(model, x_T, alpha_bar, step_counts, reference_steps=1000):\n"
+                                    "    ref = ddim_sample(model, x_T, alpha_bar, make_grid(1000, len(alpha_bar), 'leading'))\n"
+                                    "    return {n: float(((ddim_sample(model, x_T, alpha_bar, make_grid(n, len(alpha_bar), 'leading'))"
+                                    " - ref) ** 2).mean().sqrt()) for n in step_counts}", "reference_steps"),
     ],
 }
 
