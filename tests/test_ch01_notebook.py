@@ -56,6 +56,9 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
                                   "    ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
                                   "    return (ab.sqrt() * x0 + (1 - ab).sqrt() * eps).to(alpha_bar.dtype)",
          "return x0's dtype"),
+        ("x0 scaled in place", "def q_sample(x0, t, alpha_bar, eps):\n"
+                               "    ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)\n"
+                               "    return x0.mul_(ab.sqrt()) + (1 - ab).sqrt() * eps", "in place"),
     ],
     "ex2_solution": [
         ("cosine without the offset s", _with("ex2_solution",
@@ -81,6 +84,19 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
             "def alpha_bar_from_betas(betas):\n    return 1 - betas"), "not the cumulative product"),
         ("alpha_bar as a cumulative sum", _with("ex2_solution",
             "def alpha_bar_from_betas(betas):\n    return 1 - torch.cumsum(betas, 0)"), "cumulative PRODUCT"),
+        ("linear ignores its range", _with("ex2_solution",
+            "def linear_betas(T, beta_start=1e-4, beta_end=0.02):\n"
+            "    return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)"), "beta_start"),
+        ("cosine clipped at a fixed 0.999", _with("ex2_solution",
+            "def cosine_betas(T, s=0.008, max_beta=0.999):\n"
+            "    u = torch.arange(T + 1, dtype=torch.float64) / T\n"
+            "    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2\n"
+            "    return (1 - f[1:] / f[:-1]).clamp(max=0.999)"), "max_beta"),
+        ("quadratic ignores its range", _with("ex2_solution",
+            "def quadratic_betas(T, beta_start=1e-4, beta_end=0.02):\n"
+            "    return torch.linspace(0.01, 0.02 ** 0.5, T, dtype=torch.float64) ** 2"), "beta_end"),
+        ("alpha_bar from the betas in place", _with("ex2_solution",
+            "def alpha_bar_from_betas(betas):\n    return torch.cumprod(betas.neg_().add_(1), 0)"), "in place"),
     ],
     "ex3_solution": [
         ("torch.roll wraps round", "def posterior_coefficients(betas):\n"
@@ -98,6 +114,16 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("beta_t as the variance", _with("ex3_solution",
             "def posterior_coefficients(betas, _right=posterior_coefficients):\n"
             "    c0, ct, var = _right(betas)\n    return c0, ct, betas"), "You returned beta_t"),
+        ("alphas computed in place", "def posterior_coefficients(betas):\n"
+            "    alphas = betas.neg_().add_(1)\n    alpha_bar = torch.cumprod(alphas, 0)\n"
+            "    prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])\n    b = 1 - alphas\n"
+            "    return (prev.sqrt() * b / (1 - alpha_bar), alphas.sqrt() * (1 - prev) / (1 - alpha_bar),\n"
+            "            (1 - prev) / (1 - alpha_bar) * b)", "in place"),
+        ("alpha_bar_prev[0] = alpha_bar[0] instead of 1", "def posterior_coefficients(betas):\n"
+            "    alphas = 1 - betas\n    alpha_bar = torch.cumprod(alphas, 0)\n"
+            "    prev = torch.cat([alpha_bar[:1], alpha_bar[:-1]])\n"
+            "    return (prev.sqrt() * betas / (1 - alpha_bar), alphas.sqrt() * (1 - prev) / (1 - alpha_bar),\n"
+            "            (1 - prev) / (1 - alpha_bar) * betas)", "alpha_bar_prev[0] must be 1"),
     ],
     "ex4_solution": [
         ("v with the wrong sign", _with("ex4_solution",
@@ -116,6 +142,11 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
             "def score_from_eps(eps, alpha_bar):\n    return -eps / (1 - alpha_bar)"), "not by its variance"),
         ("score with the wrong sign", _with("ex4_solution",
             "def score_from_eps(eps, alpha_bar):\n    return eps / (1 - alpha_bar).sqrt()"), "sign is flipped"),
+        ("x0_from_eps writes into x_t", _with("ex4_solution",
+            "def x0_from_eps(x_t, eps, alpha_bar):\n"
+            "    return x_t.sub_((1 - alpha_bar).sqrt() * eps).div_(alpha_bar.sqrt())"), "in place"),
+        ("score_from_eps negates eps in place", _with("ex4_solution",
+            "def score_from_eps(eps, alpha_bar):\n    return eps.neg_() / (1 - alpha_bar).sqrt()"), "in place"),
     ],
     "ex5_solution": [
         ("model sees x0", "def simple_loss(model, x0, alpha_bar, generator):\n"
@@ -158,14 +189,45 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
             "    ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
             "    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps\n"
             "    return ((eps - model(x_t, t)) ** 2).mean().item()", "0-dim tensor"),
+        ("RMSE instead of MSE", "def simple_loss(model, x0, alpha_bar, generator):\n"
+            "    t = torch.randint(0, len(alpha_bar), (len(x0),), generator=generator)\n"
+            "    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)\n"
+            "    ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
+            "    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps\n"
+            "    return ((eps - model(x_t, t)) ** 2).mean().sqrt()", "root of the mean squared error"),
+        ("computed under no_grad", "def simple_loss(model, x0, alpha_bar, generator):\n"
+            "  with torch.no_grad():\n"
+            "      t = torch.randint(0, len(alpha_bar), (len(x0),), generator=generator)\n"
+            "      eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)\n"
+            "      ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
+            "      x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps\n"
+            "      return ((eps - model(x_t, t)) ** 2).mean()", "gradient"),
+        ("a fresh generator of its own", "def simple_loss(model, x0, alpha_bar, generator):\n"
+            "    generator = torch.Generator().manual_seed(0)\n"
+            "    t = torch.randint(0, len(alpha_bar), (len(x0),), generator=generator)\n"
+            "    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)\n"
+            "    ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
+            "    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps\n"
+            "    return ((eps - model(x_t, t)) ** 2).mean()", "generator"),
+        ("x0 noised in place", "def simple_loss(model, x0, alpha_bar, generator):\n"
+            "    t = torch.randint(0, len(alpha_bar), (len(x0),), generator=generator)\n"
+            "    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)\n"
+            "    ab = alpha_bar[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
+            "    x_t = x0.mul_(ab.sqrt()).add_((1 - ab).sqrt() * eps)\n"
+            "    return ((eps - model(x_t, t)) ** 2).mean()", "in place"),
     ],
 }
 
 RIGHT = {   # correct alternatives that must earn full marks
-    "ex1_solution": "def q_sample(x0, t, alpha_bar, eps):\n"
+    "ex1_solution": ["def q_sample(x0, t, alpha_bar, eps):\n"
                     "    rows = [torch.sqrt(alpha_bar[ti]) * xi + torch.sqrt(1 - alpha_bar[ti]) * ei\n"
                     "            for xi, ti, ei in zip(x0, t, eps)]\n"
                     "    return torch.stack(rows).to(x0.dtype)",
+                     # in-place arithmetic on its own copy is fine
+                     "def q_sample(x0, t, alpha_bar, eps):\n"
+                     "    ab = alpha_bar[t].to(x0).view(-1, *([1] * (x0.ndim - 1)))\n"
+                     "    out = x0.clone().mul_(ab.sqrt())\n"
+                     "    return out.addcmul_((1 - ab).sqrt(), eps)"],
     "ex2_solution": "def linear_betas(T, beta_start=1e-4, beta_end=0.02):\n"
                     "    return beta_start + (beta_end - beta_start) * torch.arange(T, dtype=torch.float64) / (T - 1)\n\n"
                     "def cosine_betas(T, s=0.008, max_beta=0.999):\n"
@@ -193,12 +255,18 @@ RIGHT = {   # correct alternatives that must earn full marks
                     "    return x0_from_eps(x_t, eps_from_v(x_t, v, alpha_bar), alpha_bar)\n\n"
                     "def score_from_eps(eps, alpha_bar):\n"
                     "    return eps * (-torch.rsqrt(1 - alpha_bar))",
-    "ex5_solution": "import torch.nn.functional as F\n\n"
+    "ex5_solution": ["import torch.nn.functional as F\n\n"
                     "def simple_loss(model, x0, alpha_bar, generator):\n"
                     "    eps = torch.randn(x0.shape, generator=generator).to(x0)\n"
                     "    t = torch.randint(len(alpha_bar), (x0.shape[0],), generator=generator)\n"
                     "    x_t = q_sample(x0, t, alpha_bar, eps)\n"
                     "    return F.mse_loss(model(x_t, t), eps)",
+                     # the squared norm per sample, averaged over samples and over the elements of one sample
+                     "def simple_loss(model, x0, alpha_bar, generator):\n"
+                     "    t = torch.randint(0, len(alpha_bar), (x0.shape[0],), generator=generator)\n"
+                     "    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)\n"
+                     "    x_t = course_ref.q_sample(x0, t, alpha_bar, eps)\n"
+                     "    return (eps - model(x_t, t)).flatten(1).pow(2).sum(1).mean() / x0[0].numel()"],
 }
 
 
