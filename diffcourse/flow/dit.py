@@ -68,8 +68,9 @@ class DiTConfig:
 
     @classmethod
     def digits(cls) -> "DiTConfig":
-        """The zoo's 8x8 digits model: 16 tokens of 2x2 pixels, D = 64, 4 blocks."""
-        return cls()
+        """The zoo's 8x8 digits model: 16 tokens of 2x2 pixels, D = 48, 4 heads, 4 blocks (~0.18 M
+        parameters, 0.36 MB in float16)."""
+        return cls(hidden_size=48)
 
     def to_dict(self) -> dict:
         """The config as a plain dict (stored in checkpoints)."""
