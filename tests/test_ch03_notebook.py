@@ -167,6 +167,9 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("t cast to long", embedding_variant(t="t.long().double()"), "rounded to integers"),
         ("the reference reused", "from diffcourse.models.embeddings import sinusoidal_embedding as time_embedding\n",
          "write time_embedding yourself"),
+        ("t reshaped in place", embedding_variant(t="t.unsqueeze_(1).double()[:, 0]"), "in place"),
+        ("max_period ignored", embedding_variant(freqs="10000.0 ** (-torch.arange(h, dtype=torch.float64) / h)"),
+         "max_period is ignored"),
     ],
     "ex2_solution": [
         ("shift added after conv2", resblock_variant(shift_after=True), "added after conv2"),
@@ -179,6 +182,12 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("groups ignored", resblock_variant(norm="nn.GroupNorm(1, {c})"), "with the groups argument"),
         ("the reference subclassed", "from diffcourse.models.unet import ResBlock as _R\n\n\nclass ResBlock(_R):\n    pass\n",
          "write ResBlock yourself"),
+        ("the residual added into x in place", resblock_variant(out="self.skip(x).add_(h)"), "in place"),
+        ("the shift computed under no_grad", resblock_variant(shift="self.time_proj(F.silu(temb)).detach()[:, :, None, None]"),
+         "no gradient reaches"),
+        ("the whole block under no_grad", resblock_variant().replace("    def forward(self, x, temb):\n",
+                                                                     "    @torch.no_grad()\n    def forward(self, x, temb):\n"),
+         "gradient"),
     ],
     "ex3_solution": [
         ("no 1/sqrt(d)", attention_variant(scale="1.0"), "not scaled"),
@@ -186,6 +195,25 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("divided by d", attention_variant(scale="1 / q.shape[-1]"), "divided by d:"),
         ("softmax over the queries", attention_variant(softmax_dim="-2"), "softmax runs over the queries"),
         ("k.T on batched tensors", attention_variant(kt="k.T"), "k.transpose(-2, -1)"),
+        ("softmax as exp / sum (overflows)", """def attention(q, k, v, return_weights=False):
+    w = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).exp()
+    w = w / w.sum(-1, keepdim=True)
+    out = w @ v
+    return (out, w) if return_weights else out
+""", "subtract each row's maximum"),
+        ("q scaled in place", """def attention(q, k, v, return_weights=False):
+    q /= math.sqrt(q.shape[-1])
+    w = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+    return (w @ v, w) if return_weights else w @ v
+""", "in place"),
+        ("always returns the weights", """def attention(q, k, v, return_weights=False):
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    return w @ v, w
+""", "return only the output"),
+        ("weights detached", """def attention(q, k, v, return_weights=False):
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1).detach()
+    return (w @ v, w) if return_weights else w @ v
+""", "gradient"),
     ],
     "ex4_solution": [
         ("keys from the image", cross_variant(k_src="tokens"), "keys come from the image"),
@@ -199,6 +227,10 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
          "in the order they were flattened"),
         ("heads split without the transpose", cross_variant(split="a.reshape(a.shape[0], self.heads, a.shape[1], d)",
                                                             merge="o.reshape(N, H * W, C)"), "plain reshape"),
+        ("the update added into x in place", cross_variant(ret="x.add_(back)"), "in place"),
+        ("attention under no_grad", cross_variant(ret="x + back.detach()"), "gradient"),
+        ("heads ignored (one head)", cross_variant(split="a.reshape(a.shape[0], a.shape[1], 1, C).transpose(1, 2)"),
+         "heads are ignored"),
     ],
     "ex5_solution": [
         ("concat does not add channels", shapes_variant(concat=False) + GOOD_FORWARD, "adds the skip's channels"),
@@ -215,6 +247,10 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("the whole U-Net called", GOOD_SHAPES + "def unet_forward(unet, x_t, t, class_labels=None):\n"
                                                  "    return unet.forward(x_t, t, class_labels)\n",
          "assemble the forward pass from its parts"),
+        ("the 'no class' row taken as class 0", GOOD_SHAPES + forward_variant().replace(
+            "torch.full_like(t, unet.config.num_classes)", "torch.zeros_like(t)"), "class_labels None"),
+        ("the forward under no_grad", GOOD_SHAPES + forward_variant().replace(
+            "def unet_forward(", "@torch.no_grad()\ndef unet_forward("), "gradient"),
     ],
     "ex6_solution": [
         ("labels ignored (no class)", sampling_variant(call="unet(x_t, t)"), "the labels are ignored"),
@@ -222,6 +258,14 @@ WRONG = {   # exercise cell -> [(what, wrong code, fragment the failing message 
         ("the same label for all", sampling_variant(call="unet(x_t, t, class_labels=labels[:1].expand(len(x_t)))"),
          "same label"),
         ("num_steps ignored", sampling_variant(steps="50"), "called 12 times"),
+        ("the generator not passed on", sampling_variant().replace("generator=generator, ", ""), "generator"),
+        ("x_T from the global random state", sampling_variant().replace(
+            "    return sample_ddim(model, (len(labels), c.in_channels, c.sample_size, c.sample_size), schedule,",
+            "    x_T = torch.randn(len(labels), c.in_channels, c.sample_size, c.sample_size)\n"
+            "    return sample_ddim(model, x_T, schedule,"), "generator"),
+        ("the notebook's cond.schedule", sampling_variant().replace("schedule,\n", "cond.schedule,\n"), "schedule argument"),
+        ("a generator of its own", sampling_variant().replace("generator=generator, ", "generator=torch.Generator().manual_seed(0), "),
+         "generator"),
     ],
 }
 
