@@ -1,4 +1,4 @@
-"""Sample quality on the digits, measured by the course's own classifier (book §2.3, the speed/quality table).
+"""Sample quality on the digits, measured by the course's own classifier (book §2.7, the speed/quality table).
 
 The "digit FID" is the Fréchet Inception Distance of Heusel et al. (2017) with Inception replaced by
 the small :class:`~diffcourse.models.classifier.DigitClassifier` (trained on the held-out split only).
@@ -28,7 +28,7 @@ CLASSIFIER_NAME = "digit_classifier"
 
 
 def load_digit_classifier(device: torch.device | str | None = "cpu") -> nn.Module:
-    """The zoo's digit classifier, its sha256 verified, in eval mode (book §2.3).
+    """The zoo's digit classifier, its sha256 verified, in eval mode (book §2.7).
 
     It has no noise schedule, so it is loaded with :func:`diffcourse.training.load_checkpoint`
     after :func:`diffcourse.zoo.verify` rather than with :func:`diffcourse.zoo.load`.
@@ -42,7 +42,7 @@ def load_digit_classifier(device: torch.device | str | None = "cpu") -> nn.Modul
 
 @torch.no_grad()
 def classifier_features(classifier: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Penultimate features of images x (N, 1, H, W) in [-1, 1], clamped to that range (book §2.3). Returns (N, F)."""
+    """Penultimate features of images x (N, 1, H, W) in [-1, 1], clamped to that range (book §2.7). Returns (N, F)."""
     device = next(classifier.parameters()).device
     feats = [classifier.features(xb.clamp(-1, 1).to(device, torch.float32)).cpu()
              for xb in x.split(batch_size)]
@@ -50,7 +50,7 @@ def classifier_features(classifier: nn.Module, x: torch.Tensor, batch_size: int 
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (F,) and unbiased covariance (F, F) of features (N, F), float64 numpy (book §2.3)."""
+    """Mean (F,) and unbiased covariance (F, F) of features (N, F), float64 numpy (book §2.7)."""
     f = features.detach().cpu().double().numpy()
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be (N >= 2, F), got shape {f.shape}")
@@ -58,7 +58,7 @@ def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """Fréchet (2-Wasserstein) distance between N(mu1, cov1) and N(mu2, cov2) (book §2.3)::
+    """Fréchet (2-Wasserstein) distance between N(mu1, cov1) and N(mu2, cov2) (book §2.7)::
 
         ||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))
 
@@ -75,7 +75,7 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 
 def reference_stats(classifier: nn.Module, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Feature mean and covariance of the 355 held-out real digits: the FID reference (book §2.3)."""
+    """Feature mean and covariance of the 355 held-out real digits: the FID reference (book §2.7)."""
     from .data.digits import load_digits
 
     x, _ = load_digits("heldout", size)
@@ -83,7 +83,7 @@ def reference_stats(classifier: nn.Module, size: int = 8) -> tuple[np.ndarray, n
 
 
 def digit_fid(samples: torch.Tensor, classifier: nn.Module, reference=None) -> float:
-    """Digit FID of samples (N, 1, H, W) in [-1, 1] against the held-out digits (book §2.3).
+    """Digit FID of samples (N, 1, H, W) in [-1, 1] against the held-out digits (book §2.7).
 
     ``reference``: precomputed :func:`reference_stats` (computed here when None). Compare only with
     :func:`real_floor` for the same N.
@@ -95,7 +95,7 @@ def digit_fid(samples: torch.Tensor, classifier: nn.Module, reference=None) -> f
 
 @torch.no_grad()
 def confident_share(samples: torch.Tensor, classifier: nn.Module, threshold: float = 0.9) -> float:
-    """Share of samples (N, 1, H, W) whose top class probability exceeds ``threshold`` (book §2.3)."""
+    """Share of samples (N, 1, H, W) whose top class probability exceeds ``threshold`` (book §2.7)."""
     device = next(classifier.parameters()).device
     probs = torch.softmax(classifier(samples.clamp(-1, 1).to(device, torch.float32)), dim=-1)   # (N, 10)
     return float((probs.max(dim=-1).values > threshold).float().mean())
@@ -121,7 +121,7 @@ def class_agreement(samples: torch.Tensor, labels: torch.Tensor, classifier: nn.
 
 
 def real_floor(n: int, classifier: nn.Module, reference=None, seed: int = 0, size: int = 8) -> float:
-    """The digit FID of ``n`` real train-split digits (drawn without replacement with ``seed``) (book §2.3).
+    """The digit FID of ``n`` real train-split digits (drawn without replacement with ``seed``) (book §2.7).
 
     The best value a perfect generator could expect with n samples: the Fréchet distance's small-sample bias
     plus the real difference between two halves of the same data set.

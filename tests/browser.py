@@ -6,7 +6,8 @@ and the checks a reader's browser makes on every page of the built book.
 - ``serve(folder)``: a ``http.server`` thread on a free loopback port; yields the base URL.
 - ``visit(page_factory, url)`` and ``page_problems(...)``: load one page and list what a reader
   would see broken (console errors, requests to other hosts, images that do not load, math that
-  MathJax did not render or reported as an error, raw ``$...$`` left in the text).
+  MathJax did not render or reported as an error, raw ``$...$`` left in the text, Markdown left as
+  text (table pipes, task-list brackets), tables and code blocks wider than the text column).
 - ``animation_problems(page)``: press play on every matplotlib jshtml animation and require its
   frame to change.
 
@@ -194,6 +195,44 @@ _MATH_PROBLEMS = r"""() => {
 }"""
 
 
+# What a reader sees in the text column: Markdown that was not rendered, and blocks that do not fit.
+_LAYOUT_PROBLEMS = r"""() => {
+  const found = {markdown: [], overflow: []};
+  const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  // 1. Markdown left as text: a table printed as pipes (a Markdown output cell rendered as plain text, or a
+  //    table without its |---| row) and task-list brackets that were not turned into check boxes.
+  const prose = article.cloneNode(true);
+  prose.querySelectorAll('pre, code, script, style, mjx-container, .math, .highlight, .animation, textarea')
+       .forEach(n => n.remove());
+  for (const line of prose.textContent.split('\n')) {
+    const text = line.trim();
+    if (/^\|.*\|$/.test(text) && text.split('|').length >= 3)
+      found.markdown.push('raw table pipes in the text: ' + text.slice(0, 80));
+    else if (/\|\s*:?-{3,}:?\s*\|/.test(text))
+      found.markdown.push('raw table separator in the text: ' + text.slice(0, 80));
+  }
+  const brackets = prose.textContent.match(/(^|[\s(])\[[ xX]\](?=\s)[^\n]{0,60}/g) || [];
+  for (const b of brackets) found.markdown.push('literal task-list brackets: ' + b.trim());
+  // 2. Tables and code blocks wider than the text column: cut off (clipped, or behind a sideways
+  //    scrollbar) or sticking out past the column's right edge.
+  const right = article.getBoundingClientRect().right;
+  const blocks = article.querySelectorAll(
+    'table, pre, div.highlight, div.cell_output, div.output, .pst-scrollable-table-container');
+  for (const el of blocks) {
+    if (!el.clientWidth || el.closest('.animation, div.math, mjx-container')) continue;
+    const name = el.tagName.toLowerCase() + (el.className ? '.' + String(el.className).split(' ')[0] : '');
+    const what = (el.innerText || el.textContent || '').trim().split('\n')[0].slice(0, 60);
+    if (el.scrollWidth > el.clientWidth + 2)
+      found.overflow.push(name + ' wider than the text column (' + el.scrollWidth + ' px of content in '
+                          + el.clientWidth + ' px, the rest clipped or scrolled): ' + what);
+    else if (el.getBoundingClientRect().right > right + 2)
+      found.overflow.push(name + ' runs past the text column (right edge ' + Math.round(el.getBoundingClientRect().right)
+                          + ' px > ' + Math.round(right) + ' px): ' + what);
+  }
+  return found;
+}"""
+
+
 def visit(page, url: str) -> None:
     """Load ``url`` and wait until it has settled: DOM loaded, images done, MathJax finished."""
     with urllib.request.urlopen(url, timeout=TIMEOUT_MS / 1000) as r:   # local server: instant
@@ -219,12 +258,15 @@ def page_problems(page, record: Visit) -> dict[str, list[str]]:
             math = page.evaluate(_MATH_PROBLEMS)
     else:   # no math nodes at all: raw dollars would still be a failure
         math = [p for p in page.evaluate(_MATH_PROBLEMS) if p.startswith("raw TeX")]
+    layout = page.evaluate(_LAYOUT_PROBLEMS)
     return {
         "console errors": list(record.console_errors),
         "requests to other hosts": list(record.remote_requests),
         "images that do not load": page.evaluate(_BROKEN_IMAGES),
         "failed requests": list(record.failed_requests),
         "math": math,
+        "raw Markdown": layout["markdown"],
+        "overflow": layout["overflow"],
     }
 
 

@@ -2,7 +2,9 @@
 
 Every page of the site (found by walking ``_build/html``, so new chapters are covered as soon as
 they are built) loads with no console errors and no request to a host other than 127.0.0.1; its
-math is rendered by MathJax with no error and no raw ``$...$`` left; every image loads; every
+math is rendered by MathJax with no error and no raw ``$...$`` left; no Markdown is left as text
+(table pipes, task-list brackets); no table or code block is wider than the text column (clipped,
+scrolled sideways or sticking out); every image loads; every
 matplotlib jshtml animation changes frame after pressing Play; a full-page screenshot of each page
 is kept under ``_build/screenshots/site/``. Previous/next links walk the table of contents in order,
 and searching for a word of a chapter's title finds that chapter.
@@ -80,7 +82,8 @@ def test_every_page_of_the_site_is_checked(built_book, reports):
 
 
 @pytest.mark.parametrize("check", ["console errors", "requests to other hosts", "failed requests",
-                                   "images that do not load", "math", "animations"])
+                                   "images that do not load", "math", "animations", "raw Markdown",
+                                   "overflow"])
 def test_every_page_passes(reports, check):
     found = failures(reports, check)
     where = {"console errors": "the browser console of that page (a theme/extension script, or a raw <script>)",
@@ -88,7 +91,10 @@ def test_every_page_passes(reports, check):
              "failed requests": "the files the page links to: a missing file under _build/html",
              "images that do not load": "the <img> src paths in the page",
              "math": "the page's TeX: MathJax errors, undefined macros, or $...$ not turned into math",
-             "animations": "the jshtml animation: its frames must differ and Play must start it"}[check]
+             "animations": "the jshtml animation: its frames must differ and Play must start it",
+             "raw Markdown": "Markdown printed as text: a Markdown table needs its |---| row (and Markdown output "
+                             "needs nb_render_markdown_format: myst); task lists need MyST's tasklist extension",
+             "overflow": "the table or code block named: shorten its lines, or let it wrap (book/_static/course.css)"}[check]
     assert not found, f"{check} on pages of the built book (look at {where}):\n{found}"
 
 
@@ -216,6 +222,10 @@ BROKEN_PAGES = {   # page -> (the check its defect must fail, a phrase of the ex
     "cdn_script": ("requests to other hosts", "https://cdn.jsdelivr.net/"),
     "js_error": ("console errors", "notDefinedAnywhere"),
     "frozen_animation": ("animations", "did not change its frame"),
+    "raw_table": ("raw Markdown", "raw table pipes in the text"),
+    "raw_tasklist": ("raw Markdown", "literal task-list brackets"),
+    "wide_table": ("overflow", "table wider than the text column"),
+    "wide_code": ("overflow", "pre wider than the text column"),
 }
 
 

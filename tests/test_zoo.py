@@ -89,10 +89,12 @@ def test_manifest_lists_every_toy_and_is_small():
             size = (zoo.ZOO_DIR / e["file"]).stat().st_size
         assert size == e["bytes"], f"{name}: size differs from the manifest"
         total += e["bytes"]
-    # Chapters 1-2 fit in 1 MB; chapter 3 adds three more digit U-Nets (float16: class embedding, class tokens,
-    # no skips; ~270 kB each) and the diffusers pipeline folder of §3.7 (float32 weights, as save_pretrained
-    # writes them; ~490 kB): 2.2 MB. Later chapters must fit in what is left of 3 MB, or make room.
-    assert total < 3_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 3 MB in all"
+    # The budget, by chapter: 1-2 fit in 1 MB; chapter 3 adds three digit U-Nets (float16, ~270 kB each) and the
+    # diffusers folder of §3.7 (~490 kB); the measured spreads over training seeds (ch01's cosine-vs-linear toys,
+    # ch03's additive-vs-token ranking) add two more seeds of each compared model (~1.5 MB); chapter 4 ships its VAE
+    # (~0.5 MB) and the whole Stable Diffusion folder (at most 3 MB, issue 11); chapter 7 a DiT and a toy flow
+    # (< 0.4 MB). A clone stays small: 8 MB in all. A later chapter that needs more makes room first.
+    assert total < 8_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 8 MB in all"
 
 
 def test_every_shipped_checkpoint_verifies():
