@@ -80,10 +80,25 @@ def check_close(name: str, got: Any, want: Any, hint: str = "", *, atol: float =
 
 
 def _tensors(fn, args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
+    """The tensor arguments of the call ``fn(*args, **kwargs)``, each with its parameter's name. An
+    ``nn.Module`` is called through ``forward`` (its ``__call__`` only shows ``*args, **kwargs``), and the
+    contents of ``*args`` / ``**kwargs`` parameters are listed one by one."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
     try:
-        named = list(inspect.signature(fn).bind(*args, **kwargs).arguments.items())
+        sig = inspect.signature(target)
+        bound = sig.bind(*args, **kwargs).arguments
     except (TypeError, ValueError):
         named = [(f"argument {i + 1}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    else:
+        named = []
+        for k, v in bound.items():
+            kind = sig.parameters[k].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                named += [(f"{k}[{i}]", a) for i, a in enumerate(v)]
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                named += list(v.items())
+            else:
+                named.append((k, v))
     return [(k, v) for k, v in named if isinstance(v, torch.Tensor)]
 
 
