@@ -44,7 +44,7 @@ book: $(STAMP) $(MATHJAX)
 	@echo "The book is in _build/html/index.html"
 
 test: $(STAMP) $(MATHJAX) sysdeps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
@@ -52,6 +52,7 @@ lab: $(STAMP)
 bench: $(STAMP) sysdeps
 	$(PY) benchmarks/bench_samplers.py
 	$(PY) benchmarks/bench_unet.py
+	$(PY) benchmarks/bench_latent.py
 	$(PY) benchmarks/bench_grading.py --students 8 --jobs 2
 
 grade: $(STAMP) sysdeps

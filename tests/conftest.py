@@ -4,6 +4,10 @@
 - ``one_thread``: torch on one thread for the test, restored after.
 - ``built_book``: the book built once per session exactly as ``make book`` builds it (same
   command, same ``_build`` folder, so the execution cache is shared); fails on any warning.
+- ``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``). Every test that
+  uses the built book goes to one worker (group ``book``: one build, never two writing ``_build`` at once),
+  and the tests of a module with module-scoped fixtures (a JupyterLab, a graded class) stay together, so
+  each such fixture is set up once. Everything else is spread test by test.
 """
 from __future__ import annotations
 
@@ -45,7 +49,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _xdist_group(item) -> str | None:
+    """The pytest-xdist group of ``item`` (see the module docstring), or None to spread it freely."""
+    if "built_book" in item.fixturenames:
+        return "book"
+    info = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames:
+        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
+            if fixturedef.scope in ("module", "package", "class"):
+                return item.nodeid.split("::")[0]
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
