@@ -150,11 +150,15 @@ def _tiny_pipeline(folder):
 def pipe(tmp_path_factory):
     from diffcourse.latent.pipeline import load_pipeline
 
+    from diffusers import DDIMScheduler
+
     try:
-        return load_pipeline()
+        pipe = load_pipeline()
     except Exception as err:                                                     # the zoo folder is being rebuilt
         print(f"zoo shapes_sd unavailable ({err}); using a tiny pipeline built from the course's configs")
-        return _tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+        pipe = _tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)   # the course's end
+    return pipe
 
 
 @pytest.mark.parametrize("w, negative, phi", [(3.0, False, 0.0), (5.0, True, 0.7)])
@@ -171,3 +175,15 @@ def test_course_cfg_loop_agrees_with_stable_diffusion_pipeline(pipe, w, negative
     other = sample_text_cfg(pipe, prompts, negatives, seed=3, num_inference_steps=8, guidance_scale=w + 2,
                             guidance_rescale=phi)
     assert float((other - out).abs().max()) > 1e-2, "another guidance scale should give other images"
+
+
+def test_course_cfg_loop_refuses_a_scheduler_that_ends_elsewhere(pipe):
+    from diffusers import DDIMScheduler
+
+    saved = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(saved.config, set_alpha_to_one=False)
+    try:
+        with pytest.raises(ValueError, match="set_alpha_to_one"):
+            sample_text_cfg(pipe, ["a large red circle"], num_inference_steps=2)
+    finally:
+        pipe.scheduler = saved

@@ -45,8 +45,14 @@ def sample_text_cfg(pipe, prompts: list[str], negative_prompts: list[str] | None
     """Images (N, 3, H, W) in [-1, 1] from a ``StableDiffusionPipeline``'s parts with the course's CFG (§5.4).
 
     ``pipe``: e.g. :func:`diffcourse.latent.pipeline.load_pipeline` (its DDIM scheduler config gives the grid).
+    The course's DDIM lands on alpha_bar = 1 after the last step, so a ``DDIMScheduler`` with
+    ``set_alpha_to_one=False`` (Stable Diffusion's own setting) is refused: swap in
+    ``DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)`` to compare (book §4.8).
     ``negative_prompts``: replace the empty prompt of the unconditional branch (eq. 5.5).
     """
+    if getattr(pipe.scheduler.config, "set_alpha_to_one", True) is False:
+        raise ValueError("the pipeline's DDIMScheduler has set_alpha_to_one=False; the course's DDIM ends on "
+                         "alpha_bar = 1 (set_alpha_to_one=True), so the two would differ at the last step")
     from ..latent.sample_latent import schedule_of
     from ..latent.text_encoder import encode_prompt, prompt_ids
     from ..samplers import sample_ddim
