@@ -42,3 +42,56 @@ def test_dit_digits_subcommand_writes_a_reloadable_flow_checkpoint(tmp_path):
     with torch.no_grad():
         v = model(torch.zeros(3, 1, 8, 8), torch.full((3,), 0.5), torch.tensor([0, 5, 10]))
     assert v.shape == (3, 1, 8, 8) and v.abs().max() > 0, "20 steps should have moved the zero-initialised output"
+
+
+# ----------------------------------------------------------------------------- consistency distillation (§7.9)
+
+def test_consistency_function_has_the_boundary_condition_and_the_loss_its_fixed_point():
+    from diffcourse.flow.consistency import cd_loss, consistency_fn
+    from diffcourse.gmm import GaussianMixture
+
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    f = consistency_fn(lambda x, t: torch.full_like(x, 3.0))
+    assert torch.equal(f(x, torch.zeros(7)), x), "f(x, 0) = x must hold for any F (eq. 7.18)"
+    assert torch.allclose(f(x, torch.full((7,), 0.5)), x - 1.5), "f(x, t) = x - t F(x, t)"
+    point = GaussianMixture([1.0], torch.tensor([[1.0, -1.0]]), 1e-6 * torch.eye(2)[None])
+    v_point = GaussianMixtureVelocity(point)
+    x0 = point.sample(512, torch.Generator().manual_seed(1)).float()
+    # towards one point the exact ODE is a straight line, so its one-step jump x - t v* is consistent already
+    assert cd_loss(v_point, v_point, x0, torch.Generator().manual_seed(2)).item() < 1e-6
+    gmm = eight_gaussians_mixture()
+    v8 = GaussianMixtureVelocity(gmm)
+    x8 = gmm.sample(512, torch.Generator().manual_seed(1)).float()
+    assert cd_loss(v8, v8, x8, torch.Generator().manual_seed(2)).item() > 1e-3, \
+        "with several modes the teacher's one-step jump is not consistent: the loss must see it"
+
+
+def test_cd_loss_sends_gradients_through_the_online_branch_only():
+    from diffcourse.flow.consistency import cd_loss
+
+    w = torch.tensor(0.5, requires_grad=True)
+    teacher = lambda x, t: -x                                                  # noqa: E731
+    student = lambda x, t: w * x                                               # noqa: E731
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    loss = cd_loss(student, teacher, x0, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert w.grad is not None and w.grad.abs() > 0
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = cd_loss(student, teacher, x0, g1).item()
+    assert a == cd_loss(student, teacher, x0, g2).item(), "the same generator state gives the same loss"
+
+
+def test_consistency_sampling_costs_one_call_per_time():
+    from diffcourse.flow.consistency import sample_consistency
+
+    calls = []
+
+    def F(x, t):
+        calls.append(float(t[0]))
+        return x
+    x1 = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    out = sample_consistency(F, x1, [1.0, 0.5, 0.25, 0.0], torch.Generator().manual_seed(1))
+    assert calls == [1.0, 0.5, 0.25] and out.shape == x1.shape
+    calls.clear()
+    assert torch.allclose(sample_consistency(F, x1, [1.0]), torch.zeros_like(x1)) and calls == [1.0], \
+        "one step from t = 1 is f(x, 1) = x - F(x, 1)"

@@ -12,15 +12,16 @@ The chapter's numbering (the book page follows it):
        convergence order (error ~ NFE^-p)
 7.3    the exact velocity of a Gaussian mixture (no training)      7.9-7.10     :mod:`.exact`
 7.4    straight paths: straightness measured; flow matching vs     7.11         :mod:`.straightness`,
-       DDPM at equal NFE                                                        :mod:`.compare`
+       DDPM at equal NFE (exact fields; trained toys)                           :mod:`.compare`,
+                                                                                :mod:`.train_toy`
 7.5    where to train: logit-normal t, SD3's timestep shift        7.12-7.13    :mod:`.path`
 7.6    diffusers' FlowMatchEulerDiscreteScheduler driven by the    7.14         :mod:`.diffusers_flow`
        course's model
 7.7    DiT: patchify, adaLN-Zero, class conditioning and CFG       7.15-7.17    :mod:`.dit`
 7.8    a DiT trained on the digits with flow matching; diffusers'  (7.3)        :mod:`.train_dit`,
        DiTTransformer2DModel side by side; U-Net vs DiT                         :mod:`.diffusers_dit`
-7.9    few-step generation: consistency models and LCM             7.18-7.20    (to come)
-7.10   MMDiT and RoPE (SD3, Flux), briefly                         --           (to come)
+7.9    few-step generation: consistency models and LCM             7.18-7.20    :mod:`.consistency`
+7.10   MMDiT and RoPE (SD3, Flux), briefly                         --           (text only)
 =====  ==========================================================  ===========  ====================
 
 Time runs from data (t = 0) to noise (t = 1), diffusers' convention (its ``sigma`` is this t; its
