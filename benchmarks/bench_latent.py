@@ -5,7 +5,8 @@ Run:  .venv/bin/python benchmarks/bench_latent.py [--repeats 7] [--threads 1]
 1. ``StableDiffusionPipeline`` loaded offline from the zoo's ``shapes_sd`` (``diffcourse.latent.pipeline``),
    at the chapter's defaults (25 DDIM steps, guidance 4, so two U-Net evaluations per step), text to image,
    batch 1 and batch 8: median seconds per call and per image; the ratio of the per-image times says what
-   batching buys.
+   batching buys. Beside it, the course's own loop (``diffcourse.latent.sample_latent``: the same parts and
+   seed, the course's DDIM) at batch 8, and the ratio course / pipeline.
 2. One U-Net call on latents (8x8x4) against the same ``UNet2DConditionModel`` config on pixels (32x32x3,
    freshly initialised: the weights do not change the time), same prompt tensor, batch 1 and 8: median
    milliseconds and the ratio pixel / latent (eq. 4.1 predicts at most 16x fewer positions to visit).
@@ -55,6 +56,7 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     from diffcourse.latent.pipeline import DEFAULTS, generate, load_pipeline
+    from diffcourse.latent.sample_latent import sample_latent
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()                          # no "Loading weights" bar
@@ -66,8 +68,11 @@ def main() -> None:
     pixel_unet = UNet2DConditionModel.from_config(dict(config, in_channels=3, out_channels=3,
                                                        sample_size=image)).eval()
 
-    per_call = interleaved({b: (lambda b=b: generate(pipe, PROMPTS[:b], seed=0)) for b in (1, 8)}, args.repeats)
+    calls = {b: (lambda b=b: generate(pipe, PROMPTS[:b], seed=0)) for b in (1, 8)}
+    calls["course"] = lambda: sample_latent(pipe, PROMPTS, seed=0, sampler="ddim", **DEFAULTS)
+    per_call = interleaved(calls, args.repeats)
     rows = [(f"pipeline, batch {b}", f"{per_call[b]:.3f}", f"{per_call[b] / b:.3f}") for b in (1, 8)]
+    rows.append(("course's sample_latent (DDIM), batch 8", f"{per_call['course']:.3f}", f"{per_call['course'] / 8:.3f}"))
 
     gen = torch.Generator().manual_seed(0)
     step = {}
@@ -88,7 +93,8 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, a, b in rows:
         print(f"| {name} | {a} | {b} |")
-    print(f"\nper image, batch 1 / batch 8: {per_call[1] / (per_call[8] / 8):.2f}x\n")
+    print(f"\nper image, batch 1 / batch 8: {per_call[1] / (per_call[8] / 8):.2f}x; "
+          f"course loop / pipeline at batch 8: {per_call['course'] / per_call[8]:.2f}x\n")
     print(f"| one U-Net call (denoiser step) | pixels {image}x{image}x3 (ms) | latents "
           f"{config['sample_size']}x{config['sample_size']}x{config['in_channels']} (ms) | ratio pixel / latent |")
     print("|---|---:|---:|---:|")
