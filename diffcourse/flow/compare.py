@@ -6,15 +6,15 @@ only error left is the sampler's own (path and discretisation), and the comparis
 and solvers, not between two trainings. Quality is the sliced Wasserstein-2 distance to fresh data
 (:func:`sliced_wasserstein`), next to its floor: the same distance between two fresh data draws.
 
-==================  =====================================================  ==========
-name                sampler                                                NFE
-==================  =====================================================  ==========
-``fm_euler``        Euler on the straight path (eq. 7.6), uniform grid     n steps
-``fm_heun``         Heun (eq. 7.7), uniform grid                           2n - 1
-``ddim``            DDIM eta = 0 on the VP path, "trailing" grid (eq. 2.4) n steps
-``ddpm``            DDPM ancestral on the same grid (eq. 2.1)              n steps
-``vp_euler``        Euler in sigma on the VP path (eq. 2.5), linspace grid n steps
-==================  =====================================================  ==========
+==================  ========================================================  ===========
+name                sampler                                                   NFE
+==================  ========================================================  ===========
+``fm_euler``        Euler on the straight path (eq. 7.6), uniform grid        n steps
+``fm_heun``         Heun (eq. 7.7), uniform grid                              2n - 1
+``ddim``            DDIM eta = 0 on the VP path, "trailing" grid (eq. 2.4)    n steps
+``ddpm``            DDPM ancestral on the same grid (eq. 2.1)                 n steps
+``vp_euler``        Euler in sigma on the VP path (eq. 2.5), linspace grid    n steps
+==================  ========================================================  ===========
 """
 from __future__ import annotations
 

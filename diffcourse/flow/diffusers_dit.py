@@ -59,7 +59,7 @@ class DiffusersVelocity(nn.Module):
 
 
 def adaln_weight_norms(model: nn.Module) -> dict[str, float]:
-    """Largest |weight| of every adaLN modulation Linear and of the output projection (book §7.8, eq. 7.16).
+    """Largest ``|weight|`` of every adaLN modulation Linear and of the output projection (book §7.8, eq. 7.16).
 
     All zeros for a fresh course :class:`~.dit.DiT` (adaLN-Zero); not for diffusers' DiT. Keys name the layers.
     """

@@ -85,6 +85,8 @@ def logit_normal_pdf(t: torch.Tensor, m: float = 0.0, s: float = 1.0) -> torch.T
     """Density of t = sigmoid(m + s z) on (0, 1) (book §7.5, eq. 7.12)::
 
         p(t) = exp(-(logit t - m)^2 / (2 s^2)) / (s sqrt(2 pi) t (1 - t))
+
+    ``t``: values in (0, 1); returns float64 densities of t's shape.
     """
     t = torch.as_tensor(t, dtype=torch.float64)
     logit = torch.log(t) - torch.log1p(-t)

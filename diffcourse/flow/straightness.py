@@ -3,13 +3,13 @@
 Flow matching trains on straight lines from data to noise, but the *marginal* velocity it learns bends
 paths wherever lines from different data points cross; the straighter the ODE's paths, the fewer steps
 an ODE solver needs (a straight, constant-speed path is solved exactly by one Euler step). Two measures
-of a sampled trajectory x(t_0), ..., x(t_n) (t_0 = 1: noise, t_n = 0: data):
+of a sampled trajectory x(t_0), ..., x(t_n) (t_0 = 1: noise, t_n = 0: data)::
 
     S = (1 / |t_n - t_0|) sum_i |t_{i+1} - t_i| E || (x_{i+1} - x_i) / (t_{i+1} - t_i) - (x_n - x_0) / (t_n - t_0) ||^2   (eq. 7.11)
 
 the discretised straightness of Liu et al. (2022) -- the mean squared deviation of the velocity from the
 chord's constant velocity, 0 exactly for straight constant-speed paths -- and the length ratio
-|x_n - x_0| / sum_i |x_{i+1} - x_i| (1 for a straight path, smaller the more it bends).
+``|x_n - x_0| / sum_i |x_{i+1} - x_i|`` (1 for a straight path, smaller the more it bends).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def straightness(xs: Sequence[torch.Tensor], ts) -> float:
 
 
 def length_ratio(xs: Sequence[torch.Tensor]) -> float:
-    """Mean over samples of |x_n - x_0| / (path length): 1 for straight paths (book §7.4)."""
+    """Mean over samples of ``|x_n - x_0| / (path length)``: 1 for straight paths (book §7.4)."""
     x = _stack(xs)                                                                  # (n+1, N, D)
     path = (x[1:] - x[:-1]).norm(dim=-1).sum(0)                                     # (N,)
     chord = (x[-1] - x[0]).norm(dim=-1)                                             # (N,)
