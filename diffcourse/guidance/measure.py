@@ -45,13 +45,13 @@ def diversity(samples: torch.Tensor, labels: torch.Tensor, features: torch.Tenso
 
 
 def clipping_share(samples: torch.Tensor, limit: float = 1.0) -> float:
-    """Share of pixel values with |x| > limit (those a display clips), samples (N, ...) before clamping."""
+    """Share of pixel values with ``|x| > limit`` (those a display clips), samples (N, ...) before clamping."""
     return float((samples.abs() > limit).float().mean())
 
 
 def pixel_stats(samples: torch.Tensor, limit: float = 1.0, near: float = 0.9) -> dict[str, float]:
-    """Saturation readout of samples (N, ...) before clamping: clipping share (|x| > limit), share near the
-    extremes (|x| > near after clamping), mean |x|, std and max |x|."""
+    """Saturation readout of samples (N, ...) before clamping: clipping share (``|x| > limit``), share near the
+    extremes (``|x| > near * limit`` after clamping), mean ``|x|``, std and max ``|x|``."""
     x = samples.detach().float()
     return {"clipped": clipping_share(x, limit),
             "saturated": float((x.clamp(-limit, limit).abs() > near * limit).float().mean()),
