@@ -13,7 +13,7 @@ import torch
 
 from .shapes import COLOURS, SHAPES, _item_generator, render_objects, tokenize
 
-__all__ = ["DIRECTIONS", "bounce", "direction_phrase", "sample_motion", "make_moving_shapes",
+__all__ = ["DIRECTIONS", "bounce", "direction_phrase", "sample_motion", "render_clip", "make_moving_shapes",
            "MovingShapesDataset"]
 
 # compass directions as unit (dy, dx) with y pointing down the image
@@ -62,6 +62,22 @@ def sample_motion(generator: torch.Generator, num_frames: int, size: int, radius
                 start=tuple(start.tolist()), velocity=tuple(v.tolist()), centres=centres)
 
 
+def render_clip(motion: dict, size: int, antialias: int = 4, colours: list[str] | None = None) -> torch.Tensor:
+    """Draw a motion (from :func:`sample_motion`) as a clip (F, 3, size, size) in [-1, 1] (book §8).
+
+    ``colours`` (one name per frame) repaints frame f in ``colours[f]``: a flickering clip, the
+    inconsistency the metrics of :mod:`diffcourse.video.consistency` must catch.
+    """
+    F = len(motion["centres"])
+    colours = colours if colours is not None else [motion["colour"]] * F
+    if len(colours) != F:
+        raise ValueError(f"need one colour per frame ({F}), got {len(colours)}")
+    frames = [render_objects([dict(shape=motion["shape"], colour=col, center=tuple(c.tolist()),
+                                   radius=motion["radius"])], size, antialias)
+              for c, col in zip(motion["centres"], colours)]                     # F x (3, H, W)
+    return torch.stack(frames)                                                    # (F, 3, H, W)
+
+
 def _caption(motion: dict) -> str:
     return f"a {motion['colour']} {motion['shape']} moving {motion['direction']}"
 
@@ -97,11 +113,9 @@ class MovingShapesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         m = self.motion(index)
-        frames = [render_objects([dict(shape=m["shape"], colour=m["colour"], center=tuple(c.tolist()),
-                                       radius=m["radius"])], self.size, self.antialias)
-                  for c in m["centres"]]                                      # F x (3, H, W)
         caption = _caption(m)
-        return dict(video=torch.stack(frames), caption=caption, tokens=tokenize(caption, self.max_len))
+        return dict(video=render_clip(m, self.size, self.antialias), caption=caption,
+                    tokens=tokenize(caption, self.max_len))
 
 
 def make_moving_shapes(n: int, seed: int = 0, num_frames: int = 16, size: int = 32, **kwargs):
