@@ -79,7 +79,7 @@ def test_lora_layer_is_the_base_layer_at_init_and_learns_through_b():
 
 
 def test_merge_and_unmerge_round_trip():
-    base = _layer(1)
+    base = _layer(1).requires_grad_(False)
     lora = LoRALinear(copy.deepcopy(base), r=4, alpha=8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         lora.lora_B.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))

@@ -52,7 +52,7 @@ def styled_images(n: int, style: str = "striped dusk", seed: int = 0, size: int 
 
 
 def _noised(pipe, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    return pipe.scheduler.add_noise(z, eps, t)                                 # sqrt(abar) z + sqrt(1-abar) eps
+    return pipe.scheduler.add_noise(z, eps.to(z.device), t.to(z.device))     # sqrt(abar) z + sqrt(1-abar) eps
 
 
 def fixed_eval_loss(pipe, latents: torch.Tensor, context: torch.Tensor, draws: int = 4, seed: int = 1234) -> float:
@@ -66,8 +66,8 @@ def fixed_eval_loss(pipe, latents: torch.Tensor, context: torch.Tensor, draws: i
         for _ in range(draws):
             t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
             eps = torch.randn(latents.shape, generator=g)                      # (N, 4, h, w)
-            pred = pipe.unet(_noised(pipe, latents, t, eps), t, encoder_hidden_states=context).sample
-            total += float(F.mse_loss(pred, eps))
+            pred = pipe.unet(_noised(pipe, latents, t, eps), t.to(latents.device), encoder_hidden_states=context).sample
+            total += float(F.mse_loss(pred, eps.to(latents.device)))
     return total / draws
 
 
@@ -85,7 +85,7 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
     if not params:
         raise ValueError("no parameter of pipe.unet requires gradients: add a LoRA first")
     with torch.no_grad():
-        latents = encode(pipe.vae, images, pipe.vae.config.scaling_factor)    # (N, 4, h, w), posterior means
+        latents = encode(pipe.vae, images.to(pipe.vae.device), pipe.vae.config.scaling_factor)  # (N, 4, h, w) means
         context = encode_prompt(pipe.text_encoder, prompt_ids(pipe.tokenizer, captions))   # (N, L, d)
     before = fixed_eval_loss(pipe, latents, context)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -94,9 +94,9 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
     start = time.perf_counter()
     pipe.unet.train()
     for _ in tqdm(range(steps), desc="LoRA", disable=not progress):
-        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)   # (B,)
-        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-        eps = torch.randn((batch_size, *latents.shape[1:]), generator=g)      # (B, 4, h, w)
+        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g).to(latents.device)   # (B,)
+        t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(latents.device)
+        eps = torch.randn((batch_size, *latents.shape[1:]), generator=g).to(latents.device)   # (B, 4, h, w)
         pred = pipe.unet(_noised(pipe, latents[idx], t, eps), t, encoder_hidden_states=context[idx]).sample
         loss = F.mse_loss(pred, eps)
         opt.zero_grad(set_to_none=True)
