@@ -205,3 +205,34 @@ def test_diffusers_motion_model_shapes_and_zeroed_modules_equal_the_image_unet()
         assert zero_motion_modules(motion) == len(motion_modules(motion)) > 0
         out = motion_unet_call(motion, x, t, ctx)
         assert torch.allclose(out, ref, atol=1e-5), float((out - ref).abs().max())
+
+
+# ----------------------------------------------------------------------------- training and the shipped model (§8.5-8.6)
+
+def test_video_subcommand_trains_and_saves_a_loadable_video_unet(tmp_path):
+    from diffcourse.train import build_parser, canonical_command
+    from diffcourse.training import load_checkpoint
+    from diffcourse.video.train_video import train_video
+
+    out = tmp_path / "v.safetensors"
+    args = build_parser().parse_args(["video", "--out", str(out), "--num-clips", "8", "--frames", "4", "--size", "8",
+                                      "--image-steps", "3", "--video-steps", "3", "--batch-size", "2",
+                                      "--image-batch-size", "8", "--no-progress"])
+    info = train_video(args)
+    model, meta = load_checkpoint(out, "cpu")
+    assert isinstance(model, VideoUNet) and meta["frames"] == 4 and meta["command"] == canonical_command(args)
+    assert model(torch.randn(1, 3, 4, 8, 8), torch.tensor([3])).shape == (1, 3, 4, 8, 8)
+    assert info["seconds"] > 0 and math.isfinite(meta["final_loss"])
+
+
+def test_shipped_video_model_is_small_and_more_consistent_than_its_image_model_per_frame():
+    from diffcourse import zoo
+    from diffcourse.video.train_video import compare_consistency
+
+    entry = zoo.entry("shapes_video")
+    assert entry["bytes"] < 400_000
+    m = zoo.load("shapes_video", "cpu")
+    assert isinstance(m.model, VideoUNet) and all(p.dtype == torch.float32 for p in m.model.parameters())
+    table = compare_consistency(m.model, m.schedule, m.meta["frames"], n=16, seed=0, num_steps=20)
+    assert table["temporal"]["presence"] > 0.9 and table["temporal"]["motion"] > 0.3
+    assert table["temporal"]["colour_std"] < table["per_frame"]["colour_std"], table
