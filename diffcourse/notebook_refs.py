@@ -7,7 +7,9 @@ the exact signature the notebook asks for and delegates to the package where the
 Chapter 2 (``ch02_sampling``): :func:`q_sample`, :func:`ddpm_step`, :func:`ddim_step`, :func:`make_grid`,
 :func:`ddim_sample`. Chapter 4 (``ch04_latent``): :func:`reparameterise`, :func:`kl_divergence`,
 :func:`measure_scale`, :func:`encode_latents`, :func:`encode_text`, :func:`sample_latents`,
-:func:`decode_latents`.
+:func:`decode_latents`. Chapter 7 (``ch07_flow``): :func:`interpolate`, :func:`velocity_target`, :func:`fm_loss`,
+:func:`time_grid`, :func:`euler_step`, :func:`sample_euler`, :func:`heun_step`, :func:`sample_heun`, :func:`patchify`,
+:func:`unpatchify`, :func:`modulate`, :func:`consistency_fn`, :func:`cd_target`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import torch
 from .samplers.grids import make_timesteps
 
 __all__ = ["q_sample", "ddpm_step", "ddim_step", "make_grid", "ddim_sample", "reparameterise", "kl_divergence",
-           "measure_scale", "encode_latents", "encode_text", "sample_latents", "decode_latents"]
+           "measure_scale", "encode_latents", "encode_text", "sample_latents", "decode_latents",
+           "interpolate", "velocity_target", "fm_loss", "time_grid", "euler_step", "sample_euler", "heun_step",
+           "sample_heun", "patchify", "unpatchify", "modulate", "consistency_fn", "cd_target"]
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -140,3 +144,99 @@ def decode_latents(vae, z_scaled: torch.Tensor, scale: float) -> torch.Tensor:
     (book §4.3, eq. 4.6)."""
     x = vae.decode(z_scaled / scale).sample                                   # (N, 3, H, W), about [-1, 1]
     return ((x + 1) / 2).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------- chapter 7: flow matching, DiT
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t eps, one t per sample: x0, eps (N, ...), t (N,) -> (N, ...) (book §7.1, eq. 7.1)."""
+    from .flow.path import interpolate as _interpolate
+
+    return _interpolate(x0, eps, t)
+
+
+def velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """u = eps - x0, the velocity of the straight path (book §7.1, eq. 7.2). (N, ...)."""
+    return eps - x0
+
+
+def fm_loss(model, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The flow-matching loss (book §7.1, eq. 7.3): t = torch.rand(N) then eps = torch.randn like x0, both in
+    x0's dtype from ``generator``; mean over every element of (model(x_t, t) - (eps - x0))^2. A scalar."""
+    t = torch.rand(len(x0), generator=generator, dtype=x0.dtype)                    # (N,)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)                # (N, ...)
+    return ((model(interpolate(x0, eps, t), t) - velocity_target(x0, eps)) ** 2).mean()
+
+
+def time_grid(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """num_steps + 1 float64 times from 1 down to 0, uniform, then shifted (book §7.2, §7.5, eq. 7.13)."""
+    from .flow.samplers import time_grid as _time_grid
+
+    return _time_grid(num_steps, shift)
+
+
+def euler_step(model, x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """x + (t_next - t) v(x, t), the model called with t as an (N,) tensor in x's dtype (book §7.2, eq. 7.6)."""
+    v = model(x, torch.full((len(x),), float(t), dtype=x.dtype, device=x.device))   # (N, ...)
+    return x + (float(t_next) - float(t)) * v
+
+
+def sample_euler(model, x_1: torch.Tensor, ts: torch.Tensor, progress: bool = False) -> torch.Tensor:
+    """Euler's method from x_1 at ts[0] through every point of the grid ts (book §7.2, eq. 7.6)."""
+    from .flow.samplers import sample_euler_fm
+
+    return sample_euler_fm(model, x_1, ts, progress=progress)
+
+
+def heun_step(model, x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """One Heun step t -> t_next, a plain Euler step when t_next = 0 (book §7.2, eq. 7.7)."""
+    n = len(x)
+    v = model(x, torch.full((n,), float(t), dtype=x.dtype, device=x.device))        # (N, ...)
+    h = float(t_next) - float(t)
+    x_euler = x + h * v
+    if float(t_next) == 0.0:
+        return x_euler
+    v_next = model(x_euler, torch.full((n,), float(t_next), dtype=x.dtype, device=x.device))
+    return x + h * 0.5 * (v + v_next)
+
+
+def sample_heun(model, x_1: torch.Tensor, ts: torch.Tensor, progress: bool = False) -> torch.Tensor:
+    """Heun's method on the grid ts, 2n - 1 model calls on a grid ending at 0 (book §7.2, eq. 7.7)."""
+    from .flow.samplers import sample_heun_fm
+
+    return sample_heun_fm(model, x_1, ts, progress=progress)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, T, p*p*C), row-major patches, features (row, column, channel) (book §7.7, eq. 7.15)."""
+    from .flow.dit import patchify as _patchify
+
+    return _patchify(x, p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """(N, T, p*p*C) -> (N, C, H, W), the inverse of :func:`patchify` (book §7.7, eq. 7.15)."""
+    from .flow.dit import unpatchify as _unpatchify
+
+    return _unpatchify(tokens, p, channels, height, width)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (1 + scale) + shift per sample: x (N, T, D), shift and scale (N, D) (book §7.7, eq. 7.16)."""
+    from .flow.dit import modulate as _modulate
+
+    return _modulate(x, shift, scale)
+
+
+def consistency_fn(F, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """f(x, t) = x - t F(x, t), one t per sample (book §7.9, eq. 7.18). (N, ...)."""
+    return x - t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))) * F(x, t)
+
+
+@torch.no_grad()
+def cd_target(F, teacher, x: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+    """The consistency-distillation target (book §7.9, eq. 7.19): one teacher Euler step from (x, t) to t_prev,
+    then the student's f there, under stop-gradient. x (N, ...), t and t_prev (N,) -> (N, ...)."""
+    h = (t_prev - t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))                 # (N, 1, ..)
+    x_prev = x + h * teacher(x, t)
+    return consistency_fn(F, x_prev, t_prev)
