@@ -6,6 +6,10 @@
     python -m diffcourse.train digits --num-classes 10 --out zoo/digits_cond_unet.safetensors   # class-conditional (§3.5)
     python -m diffcourse.train classifier --out zoo/digit_classifier.safetensors   # the judge, held-out split (§2.3)
     python -m diffcourse.train diffusers-digits --out zoo/digits_diffusers         # diffusers' UNet2DModel (§3.7)
+    python -m diffcourse.train dit-digits --out zoo/digits_dit_fm.safetensors     # a DiT, flow matching (§7.8)
+    python -m diffcourse.train toy-fm --dataset eight_gaussians --out zoo/toy_eight_gaussians_fm.safetensors  # §7.4
+    python -m diffcourse.train toy-cd --dataset eight_gaussians --out zoo/toy_eight_gaussians_cd.safetensors  # §7.9
+    python -m diffcourse.train video --out zoo/shapes_video.safetensors            # inflated video U-Net (§8.5)
 
 Every option has a default, and the file records the *canonical* command -- every option
 written out, ``--update-manifest`` left off -- so the manifest always shows exactly how to
@@ -28,6 +32,9 @@ import torch
 from torch import nn
 
 from . import zoo
+from .flow import train_dit as dit_digits
+from .flow import consistency as toy_cd
+from .flow import train_toy as toy_fm
 from .models import DigitClassifier, DigitClassifierConfig, ToyMLP, ToyMLPConfig, UNet, UNetConfig
 from .schedules import make_schedule
 from .training import METADATA_KEY, TrainConfig, make_readable, save_checkpoint, train
@@ -294,14 +301,33 @@ def train_diffusers_digits(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m diffcourse.train`` parser with its toy, digits, classifier and diffusers-digits subcommands."""
+    """The ``python -m diffcourse.train`` parser with its toy, digits, classifier, diffusers-digits and dit-digits subcommands."""
     parser = argparse.ArgumentParser(prog="python -m diffcourse.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _toy_parser(sub)
     _digits_parser(sub)
     _classifier_parser(sub)
     _diffusers_parser(sub)
+    dit_digits.add_parser(sub, _common_options())                  # book §7.8
+    toy_fm.add_parser(sub, _common_options())                      # book §7.4
+    toy_cd.add_parser(sub, _common_options())                      # book §7.9
+    from .latent.cli import add_latent_parsers
+    add_latent_parsers(sub, [_common_options()])                   # book §4.2, §4.7: vae, latent-sd
+    from .video import train_video as video
+    video.add_parser(sub, _common_options())                       # book §8.5
     return parser
+
+
+def _latent_commands() -> dict:
+    """Chapter 4's subcommands (book §4.2, §4.7), from :mod:`diffcourse.latent.cli`."""
+    from .latent.cli import LATENT_COMMANDS
+    return LATENT_COMMANDS
+
+
+def _train_video(args: argparse.Namespace) -> dict:
+    """Chapter 8's ``video`` subcommand (book §8.5), from :mod:`diffcourse.video.train_video`."""
+    from .video.train_video import train_video
+    return train_video(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli,
-            "diffusers-digits": train_diffusers_digits}[args.command](args)
+            "diffusers-digits": train_diffusers_digits, "dit-digits": dit_digits.train_dit_digits,
+            "toy-fm": toy_fm.train_toy_fm, "toy-cd": toy_cd.train_toy_cd,
+            **_latent_commands(), "video": _train_video}[args.command](args)
     if "cv_accuracy" in info:
         print(f"classifier: {info['cv_folds']}-fold CV accuracy {info['cv_accuracy']:.3f}, "
               f"accuracy on the unseen train split {info['train_split_accuracy']:.3f}")

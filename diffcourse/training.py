@@ -160,13 +160,15 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train(model: nn.Module, data, schedule: NoiseSchedule, config: TrainConfig | None = None,
-          model_kwargs: Callable[[Batch], dict] | None = None) -> TrainResult:
+def train(model: nn.Module, data, schedule: NoiseSchedule | None, config: TrainConfig | None = None,
+          model_kwargs: Callable[[Batch], dict] | None = None, loss_fn: Callable | None = None) -> TrainResult:
     """Train ``model`` with the simple loss (book §2.1; §1.4, eq. 1.10); returns model, EMA and history.
 
     ``data``: see :func:`batches`. ``model_kwargs(batch) -> dict`` picks extra inputs for the model
     from each batch, for conditioning (§5): e.g. ``lambda b: {"class_labels": b[1]}`` calls
     ``model(x_t, t, class_labels=b[1])``. The model is trained in place (moved to the device).
+    ``loss_fn(model_fn, x0, generator) -> scalar`` replaces the simple loss (``schedule`` may then be
+    None): e.g. the flow-matching loss of book §7.1 (eq. 7.3), :func:`diffcourse.flow.path.fm_loss`.
     """
     config = config or TrainConfig()
     device = torch.device(config.device) if config.device else default_device()
@@ -179,7 +181,7 @@ def train(model: nn.Module, data, schedule: NoiseSchedule, config: TrainConfig |
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMA(accelerator.unwrap_model(model), decay=config.ema_decay)
-    schedule = schedule.to(accelerator.device)
+    schedule = schedule.to(accelerator.device) if schedule is not None else None
     history = TrainHistory()
 
     model.train()
@@ -190,8 +192,11 @@ def train(model: nn.Module, data, schedule: NoiseSchedule, config: TrainConfig |
         batch = _to(next(stream), accelerator.device)
         kwargs = model_kwargs(batch) if model_kwargs else {}
         x0 = _x0_of(batch)                                                   # (B, ...)
-        loss = diffusion_loss(lambda x_t, t: model(x_t, t, **kwargs), x0, schedule, noise_gen,
-                              prediction_type=config.prediction_type)
+        model_fn = lambda x_t, t: model(x_t, t, **kwargs)                      # noqa: E731
+        if loss_fn is None:
+            loss = diffusion_loss(model_fn, x0, schedule, noise_gen, prediction_type=config.prediction_type)
+        else:
+            loss = loss_fn(model_fn, x0, noise_gen)                              # e.g. flow matching (§7.1)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
         optimizer.step()
@@ -211,7 +216,7 @@ def train(model: nn.Module, data, schedule: NoiseSchedule, config: TrainConfig |
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(path: str | Path, model: nn.Module, *, schedule: NoiseSchedule,
+def save_checkpoint(path: str | Path, model: nn.Module, *, schedule: NoiseSchedule | None,
                     prediction_type: str = "epsilon", **info) -> Path:
     """Write ``model``'s weights and how to rebuild it to one safetensors file (book §2.1).
 
@@ -220,8 +225,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, schedule: NoiseSchedu
     dataset, the number of steps and the command that made the file). Returns the path.
     """
     class_name, config = config_of(model)
-    meta = dict(info, model_class=class_name, config=config, schedule=schedule.name, T=schedule.T,
-                prediction_type=prediction_type, format=1)
+    meta = dict(info, model_class=class_name, config=config, prediction_type=prediction_type, format=1,
+                schedule=schedule.name if schedule is not None else None,    # None: a flow model (§7)
+                T=schedule.T if schedule is not None else None)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

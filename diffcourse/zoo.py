@@ -52,7 +52,7 @@ class ZooModel:
 
     name: str
     model: nn.Module
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule | None      # None for a flow-matching model (book §7), which has none
     prediction_type: str
     meta: dict
 
@@ -185,16 +185,28 @@ def load(name: str, device: torch.device | str | None = None, root: str | Path |
     e = entry(name, root)
     if "folder" in e:
         from .device import default_device
-        from .models.diffusers_unet import load_denoiser
 
-        model, meta = load_denoiser(verify(name, root), device or default_device())
+        model, meta = _load_folder(verify(name, root), device or default_device())
     else:
         model, meta = load_checkpoint(verify(name, root), device)
     if meta["model_class"] != e["model_class"] or meta["config"] != e["config"]:
         raise ZooError(f"zoo checkpoint {name!r}: the file says {meta['model_class']}{meta['config']}, the "
                        f"manifest says {e['model_class']}{e['config']}; the manifest is out of date")
-    return ZooModel(name=name, model=model, schedule=schedule_of(meta),
+    schedule = schedule_of(meta) if meta.get("schedule") else None          # None: a flow model (book §7)
+    return ZooModel(name=name, model=model, schedule=schedule,
                     prediction_type=meta["prediction_type"], meta=meta)
+
+
+def _load_folder(folder: Path, device) -> tuple[nn.Module, dict]:
+    """A folder entry's model and metadata: a DDPM pipeline's UNet (book §3.7), or chapter 4's VAE or
+    Stable Diffusion folder (:mod:`diffcourse.latent.zoo_folders`)."""
+    from .latent.zoo_folders import is_latent_folder, load_folder
+
+    if is_latent_folder(folder):
+        return load_folder(folder, device)
+    from .models.diffusers_unet import load_denoiser
+
+    return load_denoiser(folder, device)
 
 
 def register(path: str | Path, name: str | None = None, **extra) -> dict:
@@ -206,10 +218,8 @@ def register(path: str | Path, name: str | None = None, **extra) -> dict:
     """
     path = Path(path)
     name = name or path.stem
-    if path.is_dir():                                    # a diffusers pipeline folder (book §3.7)
-        from .models.diffusers_unet import load_denoiser
-
-        model, meta = load_denoiser(path, "cpu")
+    if path.is_dir():                                    # a diffusers folder (book §3.7, §4)
+        model, meta = _load_folder(path, "cpu")
         files = folder_files(path)
         where = dict(folder=path.name, files=files, sha256=folder_digest(files),
                      bytes=sum((path / rel).stat().st_size for rel in files))

@@ -24,8 +24,22 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
+def _register_late() -> None:
+    """Register models defined outside this package on first use: the DiT of book §7.7 (diffcourse.flow).
+    Importing it at the top would be circular, since it is built from this package's layers."""
+    if "DiT" not in MODELS:
+        from ..flow.dit import DiT, DiTConfig
+
+        MODELS["DiT"] = (DiT, DiTConfig)
+    if "VideoUNet" not in MODELS:                                    # book §8.4
+        from ..video.inflate import VideoUNet, VideoUNetConfig
+
+        MODELS["VideoUNet"] = (VideoUNet, VideoUNetConfig)
+
+
 def build_model(class_name: str, config: dict) -> nn.Module:
     """A freshly initialised model from its class name and config dict (book §2.1, loading checkpoints)."""
+    _register_late()
     if class_name not in MODELS:
         raise KeyError(f"unknown model class {class_name!r}; registered: {sorted(MODELS)} "
                        f"(add new models to MODELS in diffcourse/models/__init__.py)")
@@ -36,6 +50,7 @@ def build_model(class_name: str, config: dict) -> nn.Module:
 def config_of(model: nn.Module) -> tuple[str, dict]:
     """The (class name, config dict) pair that :func:`build_model` turns back into ``model``'s architecture."""
     name = type(model).__name__
+    _register_late()
     if name not in MODELS:
         raise KeyError(f"model class {name!r} is not registered in diffcourse.models.MODELS")
     return name, model.config.to_dict()
