@@ -12,7 +12,7 @@ The chapter's numbering, which every docstring in this package follows:
  4.5    From words to vectors: BPE tokenizer, CLIP encoder     4.8          :mod:`.tokenizer`, :mod:`.text_encoder`
  4.6    Cross-attention at every level of the latent U-Net     4.9          :mod:`.unet`
  4.7    Training text encoder and U-Net jointly; dropout       4.10         :mod:`.train_latent`
- 4.8    The real StableDiffusionPipeline; img2img, inpainting  4.11, 4.12   :mod:`.pipeline`
+ 4.8    The real StableDiffusionPipeline; img2img, inpainting  4.11, 4.12   :mod:`.pipeline`, :mod:`.sample_latent`
  4.9    Measuring prompt adherence: the attribute checker      --           :mod:`.attributes`, :mod:`.adherence`
  4.10   Common traps; 4.11 self-check                          --           --
 ======  =====================================================  ===========  =============================
