@@ -78,6 +78,7 @@ def test_lora_layer_is_the_base_layer_at_init_and_learns_through_b():
     assert lora.scaling == 2.0 and lora.delta_weight().shape == (10, 12)
 
 
+@torch.no_grad()
 def test_merge_and_unmerge_round_trip():
     base = _layer(1).requires_grad_(False)
     lora = LoRALinear(copy.deepcopy(base), r=4, alpha=8, generator=torch.Generator().manual_seed(0))
@@ -102,6 +103,7 @@ def test_merge_and_unmerge_round_trip():
     assert torch.equal(lora.base.bias, base.bias)
 
 
+@torch.no_grad()
 def test_scale_zero_is_the_base_model_and_the_scale_is_linear(pipe):
     unet = copy.deepcopy(pipe.unet)
     add_lora(unet, r=4, alpha=4)
@@ -211,3 +213,30 @@ def test_a_short_lora_training_lowers_the_loss(pipe):
     assert all(torch.equal(v, after[k]) for k, v in frozen.items()), "training must only change A and B"
     set_lora_scale(trained.unet, 0.0)
     assert max_disagreement(trained.unet, pipe.unet) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")       # two adapters: intended
+@torch.no_grad()
+def test_two_loras_combine_as_a_weighted_sum_of_their_updates(pipe, tmp_path):
+    for name, seed in (("a", 7), ("b", 8)):
+        unet = add_peft_lora(copy.deepcopy(pipe.unet), r=4, alpha=4)
+        g = torch.Generator().manual_seed(seed)
+        for layer in peft_lora_layers(unet).values():
+            layer.lora_B["default"].weight.normal_(0, 0.05, generator=g)
+        save_unet_lora(_with_unet(pipe, unet), tmp_path / name)
+    both = _with_unet(pipe, copy.deepcopy(pipe.unet))
+    for name in "ab":
+        both.load_lora_weights(str(tmp_path / name), adapter_name=name)
+    layer_name, layer = next(iter(peft_lora_layers(both.unet).items()))
+    x = torch.randn(3, 5, layer.in_features)                                   # (N, L, d_in)
+    outputs = {}
+    for wa, wb in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.7, -0.4)):
+        both.set_adapters(["a", "b"], adapter_weights=[wa, wb])
+        outputs[wa, wb] = layer(x)
+    base = outputs[0.0, 0.0]
+    combined = base + 0.7 * (outputs[1.0, 0.0] - base) - 0.4 * (outputs[0.0, 1.0] - base)
+    err = float((outputs[0.7, -0.4] - combined).abs().max())
+    assert err < 1e-5, f"{layer_name}: weights (0.7, -0.4) should give 0.7 dA - 0.4 dB; error {err:.2e}"
+    assert float((outputs[1.0, 0.0] - outputs[0.0, 1.0]).abs().max()) > 1e-4, "the two LoRAs should differ"
+    both.set_adapters(["a", "b"], adapter_weights=[0.0, 0.0])
+    assert max_disagreement(both.unet, pipe.unet) == 0.0

@@ -12,7 +12,9 @@ import torch
 from diffcourse.control.controlnet import (ConditionEmbedding, ScratchControlNet, controlled_eps, controlnet_loss,
                                            controlnet_pipeline, diffusers_controlnet, embedding_channels_for,
                                            sample_controlled, zero_conv)
-from diffcourse.control.edges import (as_condition, canny, edge_map, position_mask, segmentation_map, sobel)
+from diffcourse.control.edges import (as_condition, canny, edge_agreement, edge_map, position_mask, segmentation_map,
+                                      sobel)
+from diffcourse.control.train_controlnet import control_dataset, train_controlnet
 from diffcourse.control.strength import (count_denoising_steps, img2img_steps, img2img_timesteps, input_survival,
                                          inpaint_change, strength_table)
 from diffcourse.data.shapes import caption_for, render_objects, sample_objects, shape_mask
@@ -101,6 +103,19 @@ def test_masks_from_the_drawing_parameters():
     assert cond.shape == (1, 3, 32, 32) and 0 <= float(cond.min()) and float(cond.max()) <= 1
 
 
+def test_edge_agreement_scores_the_condition_against_generated_edges():
+    _, image = _square()
+    condition = canny(image)
+    score = edge_agreement(condition, image)
+    assert float(score["f1"][0]) == 1.0, score
+    _, moved = _square(cy=10.0, cx=10.0)                                        # the same square moved 6 px
+    assert float(edge_agreement(condition, moved)["f1"][0]) < 0.5
+    _, smaller = _square(r=6.0)                                                 # 2 px inside: within tolerance 2
+    assert float(edge_agreement(condition, smaller, tolerance=2)["f1"][0]) > float(
+        edge_agreement(condition, smaller, tolerance=0)["f1"][0])
+    assert float(edge_agreement(condition, -torch.ones(1, 3, 32, 32))["f1"][0]) == 0.0
+
+
 # ----------------------------------------------------------------------------- ControlNet (§6.3)
 
 def test_zero_convolution_outputs_zero_but_its_weight_gets_a_gradient():
@@ -175,6 +190,20 @@ def test_controlnet_loss_trains_only_the_copy(pipe):
     loss.backward()
     assert net.controlnet_mid_block.weight.grad.abs().sum() > 0, "the zero convolutions must receive gradients"
     assert all(p.grad is None for p in pipe.unet.parameters())
+
+
+def test_a_short_controlnet_training_lowers_the_loss(pipe):
+    images, captions, conditions = control_dataset(16, "canny", seed=0)
+    assert conditions.shape == (16, 3, 32, 32) and set(conditions.unique().tolist()) <= {0.0, 1.0}
+    net = ScratchControlNet(pipe.unet, factor=pipe.vae_scale_factor)
+    frozen = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    result = train_controlnet(pipe, net, images, captions, conditions, steps=25, lr=1e-3, batch_size=8, seed=0)
+    report = (f"ControlNet loss {result['eval_before']:.4f} -> {result['eval_after']:.4f} in 25 steps "
+              f"({result['seconds']:.1f} s; shuffled conditions {result['eval_shuffled']:.4f})")
+    print(report)
+    assert result["eval_after"] < 0.93 * result["eval_before"], report
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in frozen.items()), "the U-Net must stay frozen"
+    assert float(net.controlnet_mid_block.weight.detach().abs().max()) > 0, "the zero convolutions must move"
 
 
 # ----------------------------------------------------------------------------- img2img strength (§6.6)

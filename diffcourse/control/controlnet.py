@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["zero_conv", "embedding_channels_for", "ConditionEmbedding", "ScratchControlNet", "controlled_eps",
-           "diffusers_controlnet", "controlnet_pipeline", "sample_controlled", "controlnet_loss"]
+           "diffusers_controlnet", "controlnet_pipeline", "sample_controlled", "denoising_target", "controlnet_loss"]
 
 
 def zero_conv(channels_in: int, channels_out: int | None = None) -> nn.Conv2d:
@@ -149,6 +149,7 @@ class ScratchControlNet(nn.Module):
 
 def controlled_eps(unet, controlnet, z_t, t, c, y, conditioning_scale: float = 1.0) -> torch.Tensor:
     """eps_theta(z_t, t, c) of the frozen U-Net with the ControlNet's residuals added (eq. 6.4) (book §6.3).
+    (The U-Net's output: eps, or v for a v-prediction U-Net; the scheduler knows which.)
 
     ``controlnet``: a :class:`ScratchControlNet` or a diffusers ``ControlNetModel`` (or None: the plain U-Net).
     Returns (N, 4, h, w).
@@ -218,9 +219,24 @@ def sample_controlled(pipe, prompts: list[str], y: torch.Tensor | None = None, c
     return image.clamp(-1, 1)
 
 
+def denoising_target(scheduler, latents: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the U-Net was trained to output, by the scheduler's ``prediction_type`` (book §6.3, eq. 4.10):
+    eps ("epsilon"), v = sqrt(abar_t) eps - sqrt(1 - abar_t) z ("v_prediction") or z ("sample").
+    Shapes (N, 4, h, w); t (N,)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return eps
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, eps, t)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
 def controlnet_loss(pipe, controlnet, latents: torch.Tensor, input_ids: torch.Tensor, y: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """The ControlNet's training loss (book §6.3): eq. 4.10 with the frozen U-Net plus residuals (eq. 6.4).
+    """The ControlNet's training loss (book §6.3): eq. 4.10 with the frozen U-Net plus residuals (eq. 6.4),
+    against :func:`denoising_target` (eps or v, as the U-Net was trained).
 
     latents (N, 4, h, w) scaled by the VAE's factor s, input_ids (N, L), y (N, C_y, H, W) in [0, 1].
     Only the ControlNet's parameters should require gradients.
@@ -232,4 +248,5 @@ def controlnet_loss(pipe, controlnet, latents: torch.Tensor, input_ids: torch.Te
     eps = torch.randn(latents.shape, generator=generator).to(device)                          # (N, 4, h, w)
     z_t = scheduler.add_noise(latents, eps, t)
     c = pipe.text_encoder(input_ids.to(device))[0]                                            # (N, L, d)
-    return F.mse_loss(controlled_eps(pipe.unet, controlnet, z_t, t, c, y.to(device)), eps)
+    target = denoising_target(scheduler, latents, eps, t)                                    # (N, 4, h, w)
+    return F.mse_loss(controlled_eps(pipe.unet, controlnet, z_t, t, c, y.to(device)), target)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..data.shapes import SHAPES, shape_mask
 
-__all__ = ["SOBEL_X", "sobel", "edge_map", "non_max_suppression", "hysteresis", "canny", "segmentation_map",
+__all__ = ["SOBEL_X", "sobel", "edge_map", "non_max_suppression", "hysteresis", "canny", "edge_agreement", "segmentation_map",
            "position_mask", "as_condition"]
 
 #: The horizontal Sobel kernel K_x (eq. 6.1); the vertical one is its transpose.
@@ -142,3 +142,28 @@ def as_condition(maps: torch.Tensor, channels: int = 3) -> torch.Tensor:
     if x.max() > 1:
         x = x / len(SHAPES)
     return x.expand(-1, channels, -1, -1).contiguous()                         # (N, channels, H, W)
+
+
+def edge_agreement(condition: torch.Tensor, images: torch.Tensor, tolerance: int = 1, low: float = 0.2,
+                   high: float = 0.5) -> dict[str, torch.Tensor]:
+    """How well generated images follow an edge condition (book §6.3, the conditioning-scale sweep).
+
+    condition (N, 1 or C, H, W) edges in {0, 1} (channel 0 is read); images (N, 3, H, W) in [-1, 1], whose
+    Canny edges (eq. 6.2) are compared with a tolerance of ``tolerance`` pixels (a (2 tol + 1)^2 square):
+    precision = share of the images' edge pixels near a condition edge, recall = share of the condition's edge
+    pixels near an image edge, f1 their harmonic mean. Each (N,); an image without edges scores 0.
+    """
+    want = condition[:, :1].float() > 0.5                                     # (N, 1, H, W)
+    got = canny(images, low, high) > 0.5                                       # (N, 1, H, W)
+    k = 2 * tolerance + 1
+
+    def near(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x.float(), k, stride=1, padding=tolerance) > 0
+
+    def share(a: torch.Tensor, b_near: torch.Tensor) -> torch.Tensor:
+        hits = (a & b_near).flatten(1).sum(1).float()                          # (N,)
+        return hits / a.flatten(1).sum(1).clamp_min(1).float()
+
+    precision, recall = share(got, near(want)), share(want, near(got))
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -5,6 +5,8 @@ latent denoising loss of chapter 4::
 
     L = E || eps - eps_theta+LoRA(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t, c) ||^2                  (eq. 4.10)
 
+(with v = sqrt(abar_t) eps - sqrt(1 - abar_t) z in place of eps for a v-prediction U-Net).
+
 on the latents z = s E(x) of 10-20 images in the new style and their captions. :func:`styled_images` draws
 such a set: the course's shapes with a fixed style (:data:`STYLE_PRESETS`) that the VAE has seen
 (chapter 4's ``varied`` data). :func:`fixed_eval_loss` evaluates L on fixed (t, eps) draws, so losses
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data.shapes import caption_for, render_styled, sample_objects
 from ..latent.text_encoder import encode_prompt, prompt_ids
 from ..latent.vae import encode
+from .controlnet import denoising_target
 
 __all__ = ["STYLE_PRESETS", "styled_images", "fixed_eval_loss", "train_lora"]
 
@@ -66,8 +69,9 @@ def fixed_eval_loss(pipe, latents: torch.Tensor, context: torch.Tensor, draws: i
         for _ in range(draws):
             t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
             eps = torch.randn(latents.shape, generator=g)                      # (N, 4, h, w)
-            pred = pipe.unet(_noised(pipe, latents, t, eps), t.to(latents.device), encoder_hidden_states=context).sample
-            total += float(F.mse_loss(pred, eps.to(latents.device)))
+            t, eps = t.to(latents.device), eps.to(latents.device)
+            pred = pipe.unet(_noised(pipe, latents, t, eps), t, encoder_hidden_states=context).sample
+            total += float(F.mse_loss(pred, denoising_target(pipe.scheduler, latents, eps, t)))
     return total / draws
 
 
@@ -98,7 +102,7 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
         t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(latents.device)
         eps = torch.randn((batch_size, *latents.shape[1:]), generator=g).to(latents.device)   # (B, 4, h, w)
         pred = pipe.unet(_noised(pipe, latents[idx], t, eps), t, encoder_hidden_states=context[idx]).sample
-        loss = F.mse_loss(pred, eps)
+        loss = F.mse_loss(pred, denoising_target(pipe.scheduler, latents[idx], eps, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
