@@ -105,6 +105,7 @@ def train_video(args: argparse.Namespace) -> dict:
     result = train(video, clips, schedule, TrainConfig(steps=args.video_steps, batch_size=args.batch_size, **common))
     model = result.ema_model()
     info = dict(dataset=f"moving-shapes-{args.num_clips}x{args.frames}x{args.size}", seed=args.seed, weights="ema",
+                steps=args.image_steps + args.video_steps,                       # both stages, as the zoo records
                 image_steps=args.image_steps, video_steps=args.video_steps, frames=args.frames, size=args.size,
                 image_final_loss=round(image.history.final_loss(100), 5),
                 final_loss=round(result.history.final_loss(100), 5),
