@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffcourse.control.controlnet import (ConditionEmbedding, ScratchControlNet, controlled_eps, controlnet_loss,
-                                           controlnet_pipeline, diffusers_controlnet, embedding_channels_for,
-                                           sample_controlled, zero_conv)
+from diffcourse.control.controlnet import (ConditionEmbedding, ScratchControlNet, conditioning_sweep,
+                                           controlled_eps, controlnet_loss, controlnet_pipeline, diffusers_controlnet,
+                                           embedding_channels_for, sample_controlled, zero_conv)
 from diffcourse.control.edges import (as_condition, canny, edge_agreement, edge_map, position_mask, segmentation_map,
                                       sobel)
 from diffcourse.control.train_controlnet import control_dataset, train_controlnet
@@ -174,8 +174,10 @@ def test_diffusers_controlnet_from_unet_in_the_real_pipeline_and_against_scratch
     err = float((ours - moved).abs().max())
     assert err < 1e-4, f"the course's ControlNet and diffusers' differ by {err:.2e} with the same weights"
     assert float((moved - (reference * 2 - 1)).abs().max()) > 1e-2, "a trained-away ControlNet must steer the images"
-    half = sample_controlled(pipe, PROMPTS, y, scratch, seed=3, num_inference_steps=8, conditioning_scale=0.0)
-    assert float((half - (reference * 2 - 1)).abs().max()) < 1e-4, "conditioning scale 0 must be the plain U-Net"
+    rows = conditioning_sweep(pipe, scratch, PROMPTS, y, scales=(0.0, 1.0), seed=3, num_inference_steps=8)
+    assert float((rows[0]["images"] - (reference * 2 - 1)).abs().max()) < 1e-4, "scale 0 must be the plain U-Net"
+    assert float((rows[1]["images"] - ours).abs().max()) == 0.0
+    assert all(0 <= r["f1"] <= 1 for r in rows)
 
 
 def test_controlnet_loss_trains_only_the_copy(pipe):

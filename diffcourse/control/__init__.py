@@ -2,16 +2,16 @@
 
 The chapter's numbering, which every docstring in this package follows:
 
-======  =====================================================  ===========  ===============================================
- §      section                                                equations    module
-======  =====================================================  ===========  ===============================================
- 6.1    Why control: what a prompt cannot say                  --           --
- 6.2    Condition maps: Sobel/Canny edges, masks               6.1, 6.2     :mod:`.edges`
- 6.3    ControlNet: trainable copy and zero convolutions       6.3, 6.4     :mod:`.controlnet`, :mod:`.train_controlnet`
- 6.4    LoRA from scratch: low-rank update, merge, scale       6.5-6.7      :mod:`.lora`, :mod:`.train_lora`
- 6.5    LoRA with peft and diffusers; saving and loading       6.5-6.7      :mod:`.peft_lora`
- 6.6    img2img and inpainting: strength and masks             6.8, 6.9     :mod:`.strength`
-======  =====================================================  ===========  ===============================================
+======  =================================================  ==========  ==============================================
+ §       section                                            equations   module
+======  =================================================  ==========  ==============================================
+ 6.1     Why control: what a prompt cannot say              --          --
+ 6.2     Condition maps: Sobel/Canny edges, masks           6.1, 6.2    :mod:`.edges`
+ 6.3     ControlNet: trainable copy, zero convolutions      6.3, 6.4    :mod:`.controlnet`, :mod:`.train_controlnet`
+ 6.4     LoRA from scratch: low-rank update, merge, scale   6.5-6.7     :mod:`.lora`, :mod:`.train_lora`
+ 6.5     LoRA with peft and diffusers; saving, loading      6.5-6.7     :mod:`.peft_lora`
+ 6.6     img2img and inpainting: strength and masks         6.8, 6.9    :mod:`.strength`
+======  =================================================  ==========  ==============================================
 
 Equations::
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["zero_conv", "embedding_channels_for", "ConditionEmbedding", "ScratchControlNet", "controlled_eps",
-           "diffusers_controlnet", "controlnet_pipeline", "sample_controlled", "denoising_target", "controlnet_loss"]
+           "diffusers_controlnet", "controlnet_pipeline", "sample_controlled", "conditioning_sweep", "denoising_target",
+           "controlnet_loss"]
 
 
 def zero_conv(channels_in: int, channels_out: int | None = None) -> nn.Conv2d:
@@ -217,6 +218,24 @@ def sample_controlled(pipe, prompts: list[str], y: torch.Tensor | None = None, c
         z = scheduler.step(eps, t, z).prev_sample
     image = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample          # (N, 3, H, W)
     return image.clamp(-1, 1)
+
+
+def conditioning_sweep(pipe, controlnet, prompts: list[str], y: torch.Tensor, scales=(0.0, 0.5, 1.0, 1.5, 2.0),
+                       seed: int = 0, tolerance: int = 1, **kwargs) -> list[dict]:
+    """Edge agreement between an edge condition and the images, per conditioning scale lambda (eq. 6.4) (book §6.3).
+
+    y (N, 3, H, W): edge maps in {0, 1}. Each row: scale, mean precision, recall and F1 of
+    :func:`diffcourse.control.edges.edge_agreement`, and the images (N, 3, H, W) in [-1, 1]. ``kwargs`` go to
+    :func:`sample_controlled` (steps, guidance). The same seed at every scale: only lambda changes.
+    """
+    from .edges import edge_agreement
+
+    rows = []
+    for scale in scales:
+        images = sample_controlled(pipe, prompts, y, controlnet, seed=seed, conditioning_scale=scale, **kwargs)
+        score = edge_agreement(y, images, tolerance)
+        rows.append(dict(scale=float(scale), **{k: float(v.mean()) for k, v in score.items()}, images=images))
+    return rows
 
 
 def denoising_target(scheduler, latents: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,9 @@ Sobel estimates the image gradient with two 3x3 filters; per colour channel c::
     |G| = sqrt(sum_c G_x^2 + G_y^2),   theta = atan2(G_y, G_x)                               (eq. 6.1)
 
 (summing over channels finds a blue square on black as well as a yellow one). The Canny-like detector
-keeps a pixel only if its |G| is a local maximum across the edge (non-maximum suppression along theta,
+keeps a pixel only if its ``|G|`` is a local maximum across the edge (non-maximum suppression along theta,
 quantised to 0/45/90/135 degrees), then applies a double threshold with hysteresis: strong pixels
-(|G| >= high) are edges, weak ones (low <= |G| < high) only if connected to a strong one (eq. 6.2).
+(``|G| >= high``) are edges, weak ones (``low <= |G| < high``) only if connected to a strong one (eq. 6.2).
 
 From the shapes' drawing parameters (:func:`diffcourse.data.shapes.sample_objects`),
 :func:`segmentation_map` paints each shape's class (its :data:`~diffcourse.data.shapes.SHAPES` index
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from ..data.shapes import SHAPES, shape_mask
 
-__all__ = ["SOBEL_X", "sobel", "edge_map", "non_max_suppression", "hysteresis", "canny", "edge_agreement", "segmentation_map",
-           "position_mask", "as_condition"]
+__all__ = ["SOBEL_X", "sobel", "edge_map", "non_max_suppression", "hysteresis", "canny", "edge_agreement",
+           "segmentation_map", "position_mask", "as_condition"]
 
 #: The horizontal Sobel kernel K_x (eq. 6.1); the vertical one is its transpose.
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -50,7 +50,7 @@ def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def edge_map(image: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Binary Sobel edges: 1 where |G| >= ``threshold`` times the image's largest |G| (book §6.2, eq. 6.1).
+    """Binary Sobel edges: 1 where ``|G|`` >= ``threshold`` times the image's largest ``|G|`` (book §6.2, eq. 6.1).
 
     image (N, C, H, W) -> (N, 1, H, W) in {0, 1}. An image without any gradient has no edges.
     """
@@ -60,7 +60,7 @@ def edge_map(image: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 
 
 def non_max_suppression(magnitude: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Keep |G| where it is at least both neighbours' across the edge, else 0 (book §6.2, eq. 6.2).
+    """Keep ``|G|`` where it is at least both neighbours' across the edge, else 0 (book §6.2, eq. 6.2).
 
     magnitude, theta (N, 1, H, W) -> (N, 1, H, W). theta is quantised to 0, 45, 90 or 135 degrees.
     """
@@ -96,7 +96,7 @@ def hysteresis(strong: torch.Tensor, weak: torch.Tensor, iterations: int | None 
 
 def canny(image: torch.Tensor, low: float = 0.2, high: float = 0.5) -> torch.Tensor:
     """Canny-like edges (book §6.2, eqs. 6.1-6.2): Sobel, non-maximum suppression, double threshold
-    (``low`` and ``high`` as fractions of the image's largest |G|) and hysteresis.
+    (``low`` and ``high`` as fractions of the image's largest ``|G|``) and hysteresis.
 
     image (N, C, H, W) -> (N, 1, H, W) in {0, 1}: edges one or two pixels thin.
     """

@@ -87,7 +87,7 @@ def copy_scratch_to_peft(scratch: nn.Module, peft_model: nn.Module, adapter_name
 
 @torch.no_grad()
 def max_disagreement(unet_a, unet_b, generator: torch.Generator | None = None, batch: int = 4) -> float:
-    """Largest |eps_a - eps_b| of two U-Nets on the same random (z_t, t, c) (book §6.5)."""
+    """Largest ``|eps_a - eps_b|`` of two U-Nets on the same random (z_t, t, c) (book §6.5)."""
     cfg = unet_a.config
     g = generator or torch.Generator().manual_seed(0)
     z = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)   # (N, 4, h, w)

@@ -80,7 +80,7 @@ def input_survival(pipe, images: torch.Tensor, prompts: list[str], strengths=(0.
     """How much of the input an img2img pipeline keeps, per strength (book §6.6, eq. 6.9), measured.
 
     images (N, 3, H, W) in [-1, 1]; ``pipe``: any Stable Diffusion pipeline (turned into img2img with
-    ``from_pipe``). Each row: strength, steps run, sqrt(abar_{t_s}), the mean |output - input|, the
+    ``from_pipe``). Each row: strength, steps run, sqrt(abar_{t_s}), the mean ``|output - input|``, the
     correlation between output and input pixels (1 = unchanged, about 0 = unrelated) and the correlation with
     the VAE's reconstruction D(E(x)) -- what strength 0 would return, the most img2img can keep.
     """
@@ -109,7 +109,7 @@ def input_survival(pipe, images: torch.Tensor, prompts: list[str], strengths=(0.
 @torch.no_grad()
 def inpaint_change(pipe, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], strength: float = 1.0,
                    seed: int = 0, num_inference_steps: int = 25, guidance_scale: float = 4.0) -> dict:
-    """Mean |output - input| inside and outside the mask (1 = repaint) of an inpainting run (book §6.6).
+    """Mean ``|output - input|`` inside and outside the mask (1 = repaint) of an inpainting run (book §6.6).
 
     images (N, 3, H, W) in [-1, 1], masks (N, 1, H, W) in {0, 1}.
     """
