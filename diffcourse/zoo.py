@@ -34,7 +34,7 @@ from torch import nn
 from .schedules import NoiseSchedule
 from .training import load_checkpoint, read_metadata, schedule_of
 
-__all__ = ["ZooError", "ZooModel", "ZOO_DIR", "zoo_dir", "manifest_path", "read_manifest", "names", "rebuild", "main",
+__all__ = ["ZooError", "ZooModel", "ZOO_DIR", "zoo_dir", "manifest_path", "read_manifest", "names", "dependencies", "rebuild_order", "rebuild", "main",
            "entry", "sha256_of", "folder_files", "folder_digest", "verify", "verify_all", "load", "register"]
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -240,8 +240,50 @@ def register(path: str | Path, name: str | None = None, **extra) -> dict:
     return manifest["entries"][name]
 
 
+def dependencies(name: str, root: str | Path | None = None) -> list[str]:
+    """The entries whose checkpoint ``name``'s command reads (book §2.1), sorted: an argument of the command,
+    other than its ``--out``, that is another entry's name or its path (``zoo/<file>`` or ``zoo/<folder>``),
+    such as ``--vae zoo/shapes_vae`` of the Stable Diffusion folder or ``--teacher toy_eight_gaussians_fm``."""
+    import shlex
+
+    argv = shlex.split(entry(name, root)["command"])
+    args = {a.rstrip("/") for i, a in enumerate(argv) if i == 0 or argv[i - 1] != "--out"}
+    found = []
+    for other in names(root):
+        e = entry(other, root)
+        where = e.get("folder") or e.get("file")
+        refs = {other} | ({f"zoo/{where}".rstrip("/"), str(where).rstrip("/")} if where else set())
+        if other != name and args & refs:
+            found.append(other)
+    return sorted(found)
+
+
+def rebuild_order(selected: list[str], root: str | Path | None = None) -> list[str]:
+    """``selected`` entries in an order that rebuilds every dependency (:func:`dependencies`) before the
+    entries that read it, otherwise alphabetical (book §2.1). A dependency that is not selected is not
+    added: its shipped checkpoint is used. Raises :class:`ZooError` on a cycle."""
+    pending, order, visiting = sorted(set(selected)), [], set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise ZooError(f"the zoo commands depend on each other in a cycle through {name!r}")
+        visiting.add(name)
+        for dep in dependencies(name, root):
+            if dep in pending:
+                visit(dep)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in pending:
+        visit(name)
+    return order
+
+
 def rebuild(selected: list[str] | None = None, root: str | Path | None = None) -> dict[str, bool]:
-    """Re-run the recorded command of each entry (all by default) from the repository root (book §2.1).
+    """Re-run the recorded command of each entry (all by default) from the repository root (book §2.1),
+    dependencies first (:func:`rebuild_order`: the VAE before the Stable Diffusion folder that encodes with it).
 
     The rebuilt file replaces the shipped one; the manifest is left as it is, so a following
     :func:`verify` says whether the rebuild reproduced the shipped bytes. Returns ``{name: same_bytes}``.
@@ -254,7 +296,7 @@ def rebuild(selected: list[str] | None = None, root: str | Path | None = None) -
     import sys
 
     same = {}
-    for name in selected or names(root):
+    for name in rebuild_order(selected or names(root), root):
         e = entry(name, root)
         argv = shlex.split(e["command"])
         if argv[:1] == ["python"]:
