@@ -1,6 +1,6 @@
 """A reader for MNIST's IDX files in a local folder; it never downloads anything (book §3).
 
-The course itself trains on the bundled digits (:mod:`.digits`); MNIST is optional. To use it,
+The course itself trains on the bundled digits (:mod:`diffcourse.data.digits`); MNIST is optional. To use it,
 put the four standard files (gzipped or not) into a folder of your choice:
 
     train-images-idx3-ubyte[.gz]  train-labels-idx1-ubyte[.gz]

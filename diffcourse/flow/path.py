@@ -9,7 +9,7 @@ convention: its ``sigma`` is this t)::
     L_FM = E_{t, x0, eps} || v_theta(x_t, t) - (eps - x0) ||^2        (eq. 7.3)
 
 The minimiser of eq. 7.3 is the *marginal* velocity v*(x, t) = E[eps - x0 | x_t = x] (eq. 7.4), the
-field whose ODE dx/dt = v*(x, t) carries N(0, I) at t = 1 to the data at t = 0 (:mod:`.samplers`).
+field whose ODE dx/dt = v*(x, t) carries N(0, I) at t = 1 to the data at t = 0 (:mod:`diffcourse.flow.samplers`).
 
 Which t to train on (§7.5): uniform t, or SD3's logit-normal t = sigmoid(m + s z), z ~ N(0, 1), which
 spends the steps in the middle of the path (eq. 7.12); and SD3's shift t' = a t / (1 + (a - 1) t), which

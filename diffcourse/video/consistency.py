@@ -2,13 +2,13 @@
 
 A clip (F, 3, H, W) in [-1, 1] of the moving-shapes data shows one saturated shape on black. Its
 object pixels are found with no model at all: a pixel belongs to the object when its brightest
-channel is above half intensity. From them, per frame f,
+channel is above half intensity. From them, per frame f::
 
     m_f  = {pixels p : max_c (x_f[c, p] + 1) / 2 > 1/2}                              object mask
     c_f  = mean over m_f of (x_f + 1) / 2   (3,)                                     object colour
     mu_f = mean over m_f of the pixel coordinates (y, x)   (2,)                      centroid
 
-and the clip's scores (lower is more consistent):
+and the clip's scores (lower is more consistent)::
 
     colour_std = mean_c std_f c_f[c]                                                 (eq. 8.8)
     jerk       = mean_f || mu_{f+2} - 2 mu_{f+1} + mu_f ||    (second difference)    (eq. 8.9)
