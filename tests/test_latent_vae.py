@@ -11,8 +11,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffcourse import zoo
 from diffcourse.data.shapes import make_shapes
 from diffcourse.latent.arithmetic import call_times, latent_size
-from diffcourse.latent.vae import (build_vae, decode, encode, feature_pattern, kl_divergence, measure_scaling_factor,
-                                   moments, psnr, psnr_by_feature_size, reconstruct, reparameterise, vae_loss)
+from diffcourse.latent.vae import (build_vae, decode, encode, feature_pattern, image_gradients, kl_divergence,
+                                   measure_scaling_factor, moments, psnr, psnr_by_feature_size, reconstruct,
+                                   reparameterise, vae_loss)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,6 +79,23 @@ def test_vae_loss_is_mse_plus_beta_kl(tiny_vae):
     assert torch.allclose(got, expected, rtol=1e-5), f"eq. 4.5: expected {expected:.6f}, got {got:.6f}"
 
 
+def test_edge_term_is_the_squared_error_of_neighbour_differences(tiny_vae):
+    """eq. 4.5': lambda times the MSE of horizontal and vertical pixel differences, added to eq. 4.5."""
+    x = make_shapes(4, seed=2)[0]                                            # (4, 3, 32, 32)
+    g = lambda: torch.Generator().manual_seed(3)   # noqa: E731
+    dx, dy = image_gradients(x)
+    assert dx.shape == (4, 3, 32, 31) and dy.shape == (4, 3, 31, 32), (tuple(dx.shape), tuple(dy.shape))
+    assert torch.equal(dx[0, :, 5, 7], x[0, :, 5, 8] - x[0, :, 5, 7]), "dx should be x[j + 1] - x[j]"
+    with torch.no_grad():
+        x_hat = tiny_vae.decode(reparameterise(*moments(tiny_vae, x), g())).sample
+        edge = ((x_hat[..., 1:] - x_hat[..., :-1] - (x[..., 1:] - x[..., :-1])) ** 2).mean() \
+            + ((x_hat[..., 1:, :] - x_hat[..., :-1, :] - (x[..., 1:, :] - x[..., :-1, :])) ** 2).mean()
+        plain = vae_loss(tiny_vae, x, g(), beta=0.5)
+        got = vae_loss(tiny_vae, x, g(), beta=0.5, edge_weight=2.0)
+    assert float(edge) > 1e-4, "an untrained decoder should get the edges wrong"
+    assert torch.allclose(got, plain + 2.0 * edge, rtol=1e-5), f"eq. 4.5': {got:.6f} vs {plain + 2 * edge:.6f}"
+
+
 def test_psnr_known_values():
     x = torch.zeros(2, 3, 4, 4)
     y = x + 0.2                                      # 0.1 on the [0, 1] scale: MSE 0.01 -> 20 dB
@@ -132,9 +150,11 @@ def test_vae_ceiling_keeps_what_the_attribute_checker_reads(shipped_vae):
     rec = decode(shipped_vae.model, encode(shipped_vae.model, x, s, torch.Generator().manual_seed(0)), s)
     m = {k: float(v.float().mean()) for k, v in attribute_matches(rec, captions).items()}
     assert m["colour"] == 1.0 and m["position"] == 1.0, f"the checker on VAE reconstructions: {m}"
-    # The 1200-step VAE read 62% of shapes right (squares came back as circles), the shipped 2000-step one 85%;
-    # the adherence floor (>= 85% colour+position+shape) needs about 95% here: a longer-trained VAE (issue 11).
-    assert m["shape"] >= 0.8, f"the VAE rounds shapes off (squares read as circles): {m}"
+    # The 1200-step VAE read 62% of shapes right (squares came back as circles), the shipped 2000-step one
+    # 88.5% (85 of 96) on this sample; every miss is a small shape (r = 2.6 px, inside one or two latent cells):
+    # small squares read as circles 7 of 10, small circles as squares 3 of 12. Fine-tuning the decoder alone
+    # (encoder frozen, eq. 4.5 or 4.5', 1200 steps) lifts PSNR to 34.7 dB but shape only to 89-91% (issue 11).
+    assert m["shape"] >= 0.85, f"the VAE rounds shapes off (squares read as circles): {m}"
 
 
 def test_latent_arithmetic_is_48_not_192():

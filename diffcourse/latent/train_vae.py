@@ -37,8 +37,9 @@ def shapes_images(n: int, seed: int, size: int = 32, max_shapes: int = 2) -> tor
 
 
 def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 2e-3, beta: float = 1e-6,
-              ema_decay: float = 0.995, seed: int = 0, progress: bool = True):
-    """Train ``vae`` on ``images`` with eq. 4.5 (AdamW, cosine decay, EMA); returns (EMA VAE, losses) (book §4.2)."""
+              ema_decay: float = 0.995, seed: int = 0, progress: bool = True, edge_weight: float = 0.0):
+    """Train ``vae`` on ``images`` with eq. 4.5 (eq. 4.5' when ``edge_weight`` > 0; AdamW, cosine decay,
+    EMA); returns (EMA VAE, losses) (book §4.2)."""
     import copy
 
     data_gen = torch.Generator().manual_seed(seed)
@@ -51,7 +52,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int = 16, lr: f
     bar = tqdm(range(steps), desc="training the VAE", disable=not progress, mininterval=0.5)
     for step in bar:
         idx = torch.randint(len(images), (batch_size,), generator=data_gen)
-        loss = vae_loss(vae, images[idx], noise_gen, beta=beta)
+        loss = vae_loss(vae, images[idx], noise_gen, beta=beta, edge_weight=edge_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
@@ -102,6 +103,8 @@ def add_vae_parser(sub, parents) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--beta", type=float, default=1e-6, help="weight of the KL term (eq. 4.5)")
+    p.add_argument("--edge-weight", type=float, default=0.0,
+                   help="weight lambda of the image-gradient term (eq. 4.5'); 0 is eq. 4.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
 
@@ -118,7 +121,7 @@ def train_vae_cli(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)                                             # initialisation
     start = time.perf_counter()
     vae, losses = train_vae(build_vae(), images, args.steps, args.batch_size, args.lr, args.beta,
-                            seed=args.seed, progress=args.progress)
+                            seed=args.seed, progress=args.progress, edge_weight=args.edge_weight)
     seconds = time.perf_counter() - start
     vae = vae.half().float()                                                 # measure what is shipped (fp16)
     s = measure_scaling_factor(vae, images, torch.Generator().manual_seed(args.seed + 2))
