@@ -103,8 +103,6 @@ def add_vae_parser(sub, parents) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--beta", type=float, default=1e-6, help="weight of the KL term (eq. 4.5)")
-    p.add_argument("--edge-weight", type=float, default=0.0,
-                   help="weight lambda of the image-gradient term (eq. 4.5'); 0 is eq. 4.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
 
@@ -121,7 +119,7 @@ def train_vae_cli(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)                                             # initialisation
     start = time.perf_counter()
     vae, losses = train_vae(build_vae(), images, args.steps, args.batch_size, args.lr, args.beta,
-                            seed=args.seed, progress=args.progress, edge_weight=args.edge_weight)
+                            seed=args.seed, progress=args.progress)
     seconds = time.perf_counter() - start
     vae = vae.half().float()                                                 # measure what is shipped (fp16)
     s = measure_scaling_factor(vae, images, torch.Generator().manual_seed(args.seed + 2))
