@@ -303,3 +303,27 @@ def test_shipped_class_conditional_models_draw_the_requested_digit(name):
     assert float(share.mean()) >= 0.9, f"{name}: only {float(share.mean()):.1%} of samples are the requested digit: {share}"
     assert float(share.min()) >= 0.7, f"{name}: class {int(share.argmin())} is drawn only {float(share.min()):.0%} of the time"
     assert float(wrong.mean()) < 0.1, f"{name}: the samples should not match a shifted label ({float(wrong.mean()):.1%})"
+
+
+def test_rebuild_order_puts_dependencies_first(tmp_path):
+    """``make zoo`` rebuilds in dependency order, not alphabetically: shapes_sd encodes its data with
+    shapes_vae (``--vae zoo/shapes_vae``) and toy_eight_gaussians_cd distils toy_eight_gaussians_fm
+    (``--teacher toy_eight_gaussians_fm``); both sort before what they read."""
+    order = zoo.rebuild_order(zoo.names())
+    assert sorted(order) == zoo.names(), "rebuild_order should keep every entry exactly once"
+    assert zoo.dependencies("shapes_sd") == ["shapes_vae"], zoo.dependencies("shapes_sd")
+    assert order.index("shapes_vae") < order.index("shapes_sd"), order
+    assert order.index("toy_eight_gaussians_fm") < order.index("toy_eight_gaussians_cd"), order
+    cmd = "python -m diffcourse.train {} --out zoo/{} {}"
+    entries = {"a_model": dict(folder="a_model", command=cmd.format("latent-sd", "a_model", "--vae zoo/c_vae/")),
+               "b_model": dict(file="b_model.safetensors",
+                               command=cmd.format("toy-cd", "b_model.safetensors", "--teacher a_model")),
+               "c_vae": dict(folder="c_vae", command=cmd.format("vae", "c_vae", "--steps 1"))}
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"entries": entries}), encoding="utf-8")
+    assert zoo.rebuild_order(["b_model", "a_model", "c_vae"], tmp_path) == ["c_vae", "a_model", "b_model"]
+    assert zoo.rebuild_order(["b_model", "a_model"], tmp_path) == ["a_model", "b_model"], \
+        "a dependency that is not selected is not rebuilt"
+    entries["c_vae"]["command"] = cmd.format("vae", "c_vae", "--init zoo/b_model.safetensors")
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"entries": entries}), encoding="utf-8")
+    with pytest.raises(zoo.ZooError, match="cycle"):
+        zoo.rebuild_order(["a_model", "b_model", "c_vae"], tmp_path)
