@@ -102,6 +102,21 @@ def assert_mistake_caught(results: dict[str, str | None], k: int, what: str, fra
     assert not others, f"a mistake in exercise {k} must not fail other exercises' tests: {others}"
 
 
+def assert_released_has_stubs_and_no_secrets(assignment: str, notebook: str, n_stubs: int,
+                                             secrets: tuple[str, ...] = ()) -> tuple:
+    """The released ``notebooks/{assignment}/{notebook}.ipynb`` leaks no solution or hidden test (nbgrader's
+    markers, and ``secrets``: lines of the solution or of the hidden tests), has one ``raise NotImplementedError()``
+    cell per exercise (``n_stubs``) and no outputs. Returns (released notebook, stub cells) for further checks."""
+    released = nbformat.read(str(REPO / "notebooks" / assignment / f"{notebook}.ipynb"), as_version=4)
+    text = "\n".join(c.source for c in released.cells)
+    for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", *secrets):
+        assert secret not in text, f"the released notebook leaks {secret!r}; run `python -m autograder release {assignment}`"
+    stubs = [c for c in released.cells if c.cell_type == "code" and "raise NotImplementedError()" in c.source]
+    assert len(stubs) == n_stubs, f"expected {n_stubs} solution stubs in the released notebook; found {len(stubs)}"
+    assert all(not c.get("outputs") for c in released.cells if c.cell_type == "code"), "outputs must be cleared"
+    return released, stubs
+
+
 def assert_release_in_sync(assignment: str, notebook: str) -> None:
     """``notebooks/{assignment}/{notebook}.ipynb`` equals a fresh nbgrader release of ``solutions/``."""
     import tempfile

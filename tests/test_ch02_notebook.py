@@ -7,11 +7,11 @@ The cells run in-process through ``tests/nbharness.py``.
 """
 from __future__ import annotations
 
-import nbformat
 import pytest
 
-from nbharness import (assert_full_marks_and_zero, assert_release_in_sync, exercise_runner, exercise_tests,
-                       load_solution, REPO)
+from nbharness import (assert_full_marks_and_zero, assert_release_in_sync,
+                       assert_released_has_stubs_and_no_secrets, exercise_runner, exercise_tests,
+                       load_solution)
 
 ASSIGNMENT, NOTEBOOK = "ch02_sampling", "sampling"
 SKIP = ("explorer", "fast_path", "plot")
@@ -251,13 +251,9 @@ def test_notebook_has_parameters_points_explorer_and_diffusers_oracle():
 
 
 def test_released_notebook_has_stubs_and_no_secrets():
-    released = nbformat.read(str(REPO / "notebooks" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"), as_version=4)
-    text = "\n".join(c.source for c in released.cells)
-    for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "math.sqrt(max(1 - alpha_bar_prev - sigma**2", "_diffusers_ddim"):
-        assert secret not in text, f"the released notebook leaks {secret!r}; run `python -m autograder release {ASSIGNMENT}`"
-    stubs = [c for c in released.cells if c.cell_type == "code" and "raise NotImplementedError()" in c.source]
-    assert len(stubs) == N_EXERCISES, f"expected {N_EXERCISES} solution stubs in the released notebook; found {len(stubs)}"
-    assert all(not c.get("outputs") for c in released.cells if c.cell_type == "code"), "outputs must be cleared"
+    assert_released_has_stubs_and_no_secrets(ASSIGNMENT, NOTEBOOK, N_EXERCISES, (
+        "math.sqrt(max(1 - alpha_bar_prev - sigma**2", "_diffusers_ddim"))
+
 
 
 def test_released_notebook_is_generated_from_the_solution():

@@ -7,11 +7,11 @@ The cells run in-process through ``tests/nbharness.py``.
 """
 from __future__ import annotations
 
-import nbformat
 import pytest
 
-from nbharness import (assert_full_marks_and_zero, assert_release_in_sync, exercise_runner, exercise_tests,
-                       load_solution, REPO)
+from nbharness import (assert_full_marks_and_zero, assert_release_in_sync,
+                       assert_released_has_stubs_and_no_secrets, exercise_runner, exercise_tests,
+                       load_solution)
 
 ASSIGNMENT, NOTEBOOK = "ch03_unet", "unet"
 SKIP = ("explorer", "plot_gallery", "plot_shapes")
@@ -409,17 +409,10 @@ def test_notebook_has_parameters_points_explorer_and_reference_oracles():
 
 
 def test_released_notebook_has_stubs_and_no_secrets():
-    released = nbformat.read(str(REPO / "notebooks" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"), as_version=4)
-    text = "\n".join(c.source for c in released.cells)
-    for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "torch.softmax(scores, dim=-1)", "self.skip(x) + h",
-                   "_MISTAKES", "torch.cat([h, skips.pop()]",
-                   "return unet(x_t, t, class_labels=labels)"):
-        assert secret not in text, f"the released notebook leaks {secret!r}; run `python -m autograder release {ASSIGNMENT}`"
-    stubs = [c for c in released.cells if c.cell_type == "code" and "raise NotImplementedError()" in c.source]
-    assert len(stubs) == N_EXERCISES, f"expected {N_EXERCISES} solution cells with stubs; found {len(stubs)}"
+    _, stubs = assert_released_has_stubs_and_no_secrets(ASSIGNMENT, NOTEBOOK, N_EXERCISES, (
+        "torch.softmax(scores, dim=-1)", "self.skip(x) + h", "_MISTAKES", "torch.cat([h, skips.pop()]", "return unet(x_t, t, class_labels=labels)"))
     assert sum(c.source.count("raise NotImplementedError()") for c in stubs) == 8, \
         "expected 8 stubs: one per function, two in ResBlock (__init__ and forward)"
-    assert all(not c.get("outputs") for c in released.cells if c.cell_type == "code"), "outputs must be cleared"
 
 
 def test_released_notebook_is_generated_from_the_solution():

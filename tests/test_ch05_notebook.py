@@ -8,11 +8,11 @@ and no test depends on its exact weights.
 """
 from __future__ import annotations
 
-import nbformat
 import pytest
 
-from nbharness import (assert_full_marks_and_zero, assert_release_in_sync, exercise_runner, exercise_tests,
-                       load_solution, REPO)
+from nbharness import (assert_full_marks_and_zero, assert_release_in_sync,
+                       assert_released_has_stubs_and_no_secrets, exercise_runner, exercise_tests,
+                       load_solution)
 
 ASSIGNMENT, NOTEBOOK = "ch05_guidance", "guidance"
 SKIP = ("demo", "explorer")
@@ -254,14 +254,9 @@ def test_notebook_has_parameters_points_explorer_and_diffusers_oracles():
 
 
 def test_released_notebook_has_stubs_and_no_secrets():
-    released = nbformat.read(str(REPO / "notebooks" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"), as_version=4)
-    text = "\n".join(c.source for c in released.cells)
-    for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "std_cond / std_guided", "from diffusers.guiders",
-                   "course_ref.cfg_model(unet", "rescale_noise_cfg(_w", "out.chunk(2)"):
-        assert secret not in text, f"the released notebook leaks {secret!r}; run `python -m autograder release {ASSIGNMENT}`"
-    stubs = [c for c in released.cells if c.cell_type == "code" and "raise NotImplementedError()" in c.source]
-    assert len(stubs) == N_EXERCISES, f"expected {N_EXERCISES} solution stubs in the released notebook; found {len(stubs)}"
-    assert all(not c.get("outputs") for c in released.cells if c.cell_type == "code"), "outputs must be cleared"
+    assert_released_has_stubs_and_no_secrets(ASSIGNMENT, NOTEBOOK, N_EXERCISES, (
+        "std_cond / std_guided", "from diffusers.guiders", "course_ref.cfg_model(unet", "rescale_noise_cfg(_w", "out.chunk(2)"))
+
 
 
 def test_released_notebook_is_generated_from_the_solution():

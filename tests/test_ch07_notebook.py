@@ -9,11 +9,11 @@ edit miss fails here loudly instead of silently testing the solution itself.
 """
 from __future__ import annotations
 
-import nbformat
 import pytest
 
-from nbharness import (assert_full_marks_and_zero, assert_release_in_sync, exercise_runner, exercise_tests,
-                       grade_id, load_solution, REPO)
+from nbharness import (assert_full_marks_and_zero, assert_release_in_sync,
+                       assert_released_has_stubs_and_no_secrets, exercise_runner, exercise_tests, grade_id,
+                       load_solution)
 
 ASSIGNMENT, NOTEBOOK = "ch07_flow", "flow"
 SKIP = ("explorer", "plot")
@@ -288,14 +288,9 @@ def test_notebook_has_parameters_points_progress_and_explorer():
 
 
 def test_released_notebook_has_stubs_and_no_secrets():
-    released = nbformat.read(str(REPO / "notebooks" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"), as_version=4)
-    text = "\n".join(c.source for c in released.cells)
-    for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "permute(0, 2, 4, 3, 5, 1)", "_pkg_cd_loss",
-                   "return x + h * 0.5 * (v + v_next)"):
-        assert secret not in text, f"the released notebook leaks {secret!r}; run `python -m autograder release {ASSIGNMENT}`"
-    stubs = [c for c in released.cells if c.cell_type == "code" and "raise NotImplementedError()" in c.source]
-    assert len(stubs) == N_EXERCISES, f"expected {N_EXERCISES} solution stubs in the released notebook; found {len(stubs)}"
-    assert all(not c.get("outputs") for c in released.cells if c.cell_type == "code"), "outputs must be cleared"
+    assert_released_has_stubs_and_no_secrets(ASSIGNMENT, NOTEBOOK, N_EXERCISES, (
+        "permute(0, 2, 4, 3, 5, 1)", "_pkg_cd_loss", "return x + h * 0.5 * (v + v_next)"))
+
 
 
 def test_released_notebook_is_generated_from_the_solution():
