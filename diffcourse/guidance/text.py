@@ -49,6 +49,8 @@ def sample_text_cfg(pipe, prompts: list[str], negative_prompts: list[str] | None
     ``set_alpha_to_one=False`` (Stable Diffusion's own setting) is refused: swap in
     ``DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)`` to compare (book §4.8).
     ``negative_prompts``: replace the empty prompt of the unconditional branch (eq. 5.5).
+    A v-prediction U-Net (the scheduler's ``prediction_type``) is guided the same way: eqs. 5.3-5.6 are linear
+    in the network's output, so they combine v_u and v_c exactly as the pipeline does.
     """
     if getattr(pipe.scheduler.config, "set_alpha_to_one", True) is False:
         raise ValueError("the pipeline's DDIMScheduler has set_alpha_to_one=False; the course's DDIM ends on "
@@ -69,5 +71,6 @@ def sample_text_cfg(pipe, prompts: list[str], negative_prompts: list[str] | None
     shape = (len(prompts), pipe.unet.config.in_channels, size, size)              # z_T: the generator's first draw
     z0 = sample_ddim(model, shape, schedule_of(pipe.scheduler), num_steps=num_inference_steps,
                      spacing=config.timestep_spacing, steps_offset=config.steps_offset,
+                     prediction_type=config.prediction_type,                       # eps or v, as the U-Net was trained
                      generator=torch.Generator().manual_seed(seed))               # (N, 4, h, w)
     return pipe.vae.decode(z0 / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)   # (N, 3, H, W), eq. 4.6
