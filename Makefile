@@ -44,7 +44,7 @@ book: $(STAMP) $(MATHJAX)
 	@echo "The book is in _build/html/index.html"
 
 test: $(STAMP) $(MATHJAX) sysdeps
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadscope
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -4,13 +4,16 @@
 - ``one_thread``: torch on one thread for the test, restored after.
 - ``built_book``: the book built once per session exactly as ``make book`` builds it (same
   command, same ``_build`` folder, so the execution cache is shared); fails on any warning.
-- ``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``). Every test that
-  uses the built book goes to one worker (group ``book``: one build, never two writing ``_build`` at once),
-  and the tests of a module with module-scoped fixtures (a JupyterLab, a graded class) stay together, so
-  each such fixture is set up once. Everything else is spread test by test.
+- ``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadscope``): each module's
+  tests run on one worker, so a module-scoped fixture (a JupyterLab, a graded class) is set up once.
+  ``built_book`` is shared by modules on both workers: the first to need it builds the book under a
+  file lock, the other waits and reuses that build (never two builds writing ``_build`` at once).
+  (``--dist loadgroup`` would group by marks, but pytest-xdist 3.8 cannot rename node ids under pytest 9,
+  so its groups are silently ignored.)
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -30,11 +33,22 @@ def build_book(folder: pathlib.Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def built_book() -> pathlib.Path:
-    result = build_book(ROOT)
-    assert result.returncode == 0, (
+def built_book(tmp_path_factory, worker_id) -> pathlib.Path:
+    from filelock import FileLock
+
+    # pytest-xdist's workers of one run share the parent of their temp folders; a plain run has its own
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    record = shared / "book-build.json"
+    with FileLock(str(shared / "book-build.lock")):
+        if record.exists():                                  # another worker built it during this run
+            result = json.loads(record.read_text())
+        else:
+            done = build_book(ROOT)
+            result = {"returncode": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}
+            record.write_text(json.dumps(result))
+    assert result["returncode"] == 0, (
         "the book did not build cleanly (warnings and cell errors are failures).\n"
-        f"--- stdout (tail) ---\n{result.stdout[-4000:]}\n--- stderr (tail) ---\n{result.stderr[-4000:]}")
+        f"--- stdout (tail) ---\n{result['stdout']}\n--- stderr (tail) ---\n{result['stderr']}")
     return HTML
 
 
@@ -49,23 +63,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _xdist_group(item) -> str | None:
-    """The pytest-xdist group of ``item`` (see the module docstring), or None to spread it freely."""
-    if "built_book" in item.fixturenames:
-        return "book"
-    info = getattr(item, "_fixtureinfo", None)
-    for name in item.fixturenames:
-        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
-            if fixturedef.scope in ("module", "package", "class"):
-                return item.nodeid.split("::")[0]
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = _xdist_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
