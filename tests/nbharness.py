@@ -102,6 +102,18 @@ def assert_mistake_caught(results: dict[str, str | None], k: int, what: str, fra
     assert not others, f"a mistake in exercise {k} must not fail other exercises' tests: {others}"
 
 
+def solution_sources(assignment: str, notebook: str, max_score: float) -> dict[str, str]:
+    """Check the solution notebook's frame (CHAPTER.md): one papermill ``parameters`` cell with GRADING, DEVICE and
+    SEED, and graded cells worth ``max_score`` points in all. Returns each cell's source by grade id."""
+    nb = load_solution(assignment, notebook)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and all(k in params[0].source for k in ("GRADING", "DEVICE", "SEED")), \
+        "the notebook needs one `parameters` cell with GRADING, DEVICE and SEED"
+    points = sum(c.metadata["nbgrader"].get("points", 0) for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
+    assert points == max_score, f"expected {max_score} points in all; found {points}"
+    return {grade_id(c): c.source for c in nb.cells}
+
+
 def assert_released_has_stubs_and_no_secrets(assignment: str, notebook: str, n_stubs: int,
                                              secrets: tuple[str, ...] = ()) -> tuple:
     """The released ``notebooks/{assignment}/{notebook}.ipynb`` leaks no solution or hidden test (nbgrader's

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from nbharness import (assert_full_marks_and_zero, assert_release_in_sync,
-                       assert_released_has_stubs_and_no_secrets, exercise_runner, exercise_tests,
-                       load_solution)
+                       assert_released_has_stubs_and_no_secrets, solution_sources, exercise_runner,
+                       exercise_tests)
 
 ASSIGNMENT, NOTEBOOK = "ch04_latent", "latent"
 SKIP = ("demo", "explorer")
@@ -254,13 +254,7 @@ def test_every_exercise_has_four_mistakes_and_an_alternative():
 
 
 def test_notebook_has_parameters_points_explorer_and_pipeline_oracle():
-    nb = load_solution(ASSIGNMENT, NOTEBOOK)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and all(k in params[0].source for k in ("GRADING", "DEVICE", "SEED")), \
-        "the notebook needs one `parameters` cell with GRADING, DEVICE and SEED"
-    points = sum(c.metadata["nbgrader"].get("points", 0) for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
-    assert points == MAX_SCORE, f"expected {MAX_SCORE} points in all; found {points}"
-    sources = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells}
+    sources = solution_sources(ASSIGNMENT, NOTEBOOK, MAX_SCORE)
     for widget in ("widgets.Text", "widgets.IntSlider", "widgets.Dropdown"):
         assert widget in sources["explorer"], f"the explorer needs a {widget} (caption, steps, scheduler)"
     assert "if not GRADING" in sources["explorer"] and "if not GRADING" in sources["demo"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from nbharness import (assert_full_marks_and_zero, assert_release_in_sync,
-                       assert_released_has_stubs_and_no_secrets, exercise_runner, exercise_tests, grade_id,
-                       load_solution)
+                       assert_released_has_stubs_and_no_secrets, solution_sources, exercise_runner,
+                       exercise_tests, grade_id, load_solution)
 
 ASSIGNMENT, NOTEBOOK = "ch07_flow", "flow"
 SKIP = ("explorer", "plot")
@@ -272,13 +272,7 @@ def test_every_exercise_has_four_mistakes_and_an_alternative():
 
 
 def test_notebook_has_parameters_points_progress_and_explorer():
-    nb = load_solution(ASSIGNMENT, NOTEBOOK)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and all(k in params[0].source for k in ("GRADING", "DEVICE", "SEED")), \
-        "the notebook needs one `parameters` cell with GRADING, DEVICE and SEED"
-    points = sum(c.metadata["nbgrader"].get("points", 0) for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
-    assert points == MAX_SCORE, f"expected {MAX_SCORE} points in all; found {points}"
-    sources = {grade_id(c): c.source for c in nb.cells}
+    sources = solution_sources(ASSIGNMENT, NOTEBOOK, MAX_SCORE)
     assert "ipywidgets" in sources["explorer"] and "if not GRADING" in sources["explorer"], "the explorer needs a widget"
     assert "tqdm(" in sources["ex2_solution"] and "tqdm(" in sources["ex3_solution"] and "tqdm(" in sources["plot"]
     for gid, src in sources.items():
