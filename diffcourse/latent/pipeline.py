@@ -17,13 +17,14 @@ Nothing here downloads anything.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from .tokenizer import unknown_words
+from .zoo_folders import write_metadata
+from .zoo_folders import read_metadata as read_pipeline_metadata   # the name the book and callers use
 
 __all__ = ["DEFAULTS", "SCHEDULERS", "ENV_VAR", "assemble_pipeline", "save_pipeline", "read_pipeline_metadata",
            "pipeline_folder", "load_pipeline", "swap_scheduler", "check_prompts", "check_image", "check_mask",
@@ -32,7 +33,6 @@ __all__ = ["DEFAULTS", "SCHEDULERS", "ENV_VAR", "assemble_pipeline", "save_pipel
 #: The chapter's default sampling settings (book §4.8): 25 DDIM steps, guidance 4.
 DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 4.0}
 ENV_VAR = "DIFFCOURSE_SD_PATH"
-METADATA_FILE = "diffcourse.json"
 ZOO_NAME = "shapes_sd"
 
 
@@ -79,19 +79,7 @@ def save_pipeline(folder: str | Path, pipe, **info) -> Path:
     for part in (half.vae, half.text_encoder, half.unet):
         part.half()                                                           # float16 on disk: half the bytes
     half.save_pretrained(str(folder), safe_serialization=True)
-    (folder / METADATA_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)                     # the grading sandbox reads the zoo as another user
-    return folder
-
-
-def read_pipeline_metadata(folder: str | Path) -> dict:
-    """The ``diffcourse.json`` of a pipeline folder written by :func:`save_pipeline` (book §4.8)."""
-    path = Path(folder) / METADATA_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: {folder} was not written by diffcourse.latent.pipeline")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return write_metadata(folder, info)
 
 
 def pipeline_folder(folder: str | Path | None = None) -> Path:

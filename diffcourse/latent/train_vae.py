@@ -10,7 +10,6 @@ reconstruction PSNR on held-out images (eq. 4.7), and saves the folder with ``sa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -20,11 +19,11 @@ from tqdm.auto import tqdm
 
 from ..ema import EMA
 from .vae import build_vae, measure_scaling_factor, psnr, psnr_by_feature_size, reconstruct, vae_loss
+from .zoo_folders import METADATA_FILE, read_metadata, write_metadata   # noqa: F401 - read_metadata re-exported
 
 __all__ = ["METADATA_FILE", "shapes_images", "train_vae", "add_vae_parser", "train_vae_cli", "save_vae",
            "load_vae", "read_metadata"]
 
-METADATA_FILE = "diffcourse.json"
 
 
 def shapes_images(n: int, seed: int, size: int = 32, max_shapes: int = 2) -> torch.Tensor:
@@ -71,19 +70,7 @@ def save_vae(folder: str | Path, vae, **info) -> Path:
 
     folder = Path(folder)
     copy.deepcopy(vae).cpu().half().save_pretrained(str(folder), safe_serialization=True)
-    (folder / METADATA_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)                     # the grading sandbox reads the zoo as another user
-    return folder
-
-
-def read_metadata(folder: str | Path) -> dict:
-    """The :data:`METADATA_FILE` of a folder written by this package (book §4.2)."""
-    path = Path(folder) / METADATA_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: {folder} was not written by diffcourse.latent")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return write_metadata(folder, info)
 
 
 def load_vae(folder: str | Path, device: torch.device | str = "cpu"):
