@@ -17,35 +17,14 @@ from diffcourse.control.peft_lora import (add_peft_lora, copy_scratch_to_peft, f
                                           max_disagreement, peft_lora_layers, save_unet_lora)
 from diffcourse.control.train_lora import styled_images, train_lora
 
+from latent_parts import shapes_sd_or_tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _tiny_pipeline(folder):
-    """A random-weight pipeline from the course's configs (while the zoo's shapes_sd is being rebuilt)."""
-    from diffcourse.latent.pipeline import assemble_pipeline, load_pipeline, save_pipeline
-    from diffcourse.latent.text_encoder import build_text_encoder
-    from diffcourse.latent.tokenizer import build_tokenizer
-    from diffcourse.latent.unet import build_unet
-    from diffcourse.latent.vae import build_vae
-    from diffcourse.schedules import make_schedule
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    pipe = assemble_pipeline(build_vae(), build_text_encoder(tokenizer), tokenizer, build_unet(),
-                             make_schedule("scaled_linear"))
-    save_pipeline(folder, pipe, command="tiny pipeline for tests/test_control_lora.py")
-    return load_pipeline(folder)
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    from diffcourse.latent.pipeline import load_pipeline
-
-    try:
-        return load_pipeline()
-    except Exception as err:                                                     # the zoo folder is being rebuilt
-        print(f"zoo shapes_sd unavailable ({err}); using a tiny pipeline built from the course's configs")
-        return _tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+    return shapes_sd_or_tiny(tmp_path_factory.mktemp("tiny_sd"), "tiny pipeline for tests/test_control_lora.py")[0]
 
 
 def _with_unet(pipe, unet):

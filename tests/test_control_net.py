@@ -19,39 +19,17 @@ from diffcourse.control.strength import (count_denoising_steps, img2img_steps, i
                                          inpaint_change, strength_table)
 from diffcourse.data.shapes import caption_for, render_objects, sample_objects, shape_mask
 
+from latent_parts import shapes_sd_or_tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["a large red circle at the top left", "a small blue square in the center"]
 
 
-def _tiny_pipeline(folder):
-    """A random-weight pipeline from the course's configs (while the zoo's shapes_sd is being rebuilt)."""
-    from diffcourse.latent.pipeline import assemble_pipeline, load_pipeline, save_pipeline
-    from diffcourse.latent.text_encoder import build_text_encoder
-    from diffcourse.latent.tokenizer import build_tokenizer
-    from diffcourse.latent.unet import build_unet
-    from diffcourse.latent.vae import build_vae
-    from diffcourse.schedules import make_schedule
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    pipe = assemble_pipeline(build_vae(), build_text_encoder(tokenizer), tokenizer, build_unet(),
-                             make_schedule("scaled_linear"))
-    save_pipeline(folder, pipe, command="tiny pipeline for tests/test_control_net.py")
-    return load_pipeline(folder)
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    from diffcourse.latent.pipeline import load_pipeline
-
-    try:
-        pipe = load_pipeline()
-        pipe.diffcourse_trained = True
-    except Exception as err:                                                     # the zoo folder is being rebuilt
-        print(f"zoo shapes_sd unavailable ({err}); using a tiny pipeline built from the course's configs")
-        pipe = _tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
-        pipe.diffcourse_trained = False
+    pipe, pipe.diffcourse_trained = shapes_sd_or_tiny(tmp_path_factory.mktemp("tiny_sd"),
+                                                      "tiny pipeline for tests/test_control_net.py")
     return pipe
 
 

@@ -14,6 +14,8 @@ from diffcourse.guidance import (adherence, both_branches, clipping_share, diver
                                  guidance_scale_from_paper, guidance_weights, guided_class_model, guided_eps, paper_w,
                                  pixel_stats, rescale_guidance, sample_cfg_digits, sample_text_cfg)
 
+from latent_parts import shapes_sd_or_tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -129,34 +131,11 @@ def test_adherence_rises_with_guidance_on_the_digits(cond):
     assert scores[3.0] >= 0.9 and scores[3.0] > scores[0.0] + 0.5, f"adherence should rise from w=0 to w=3: {scores}"
 
 
-def _tiny_pipeline(folder):
-    """A random-weight pipeline from the course's configs (when the zoo's shapes_sd is being rebuilt)."""
-    from diffcourse.latent.pipeline import assemble_pipeline, load_pipeline, save_pipeline
-    from diffcourse.latent.text_encoder import build_text_encoder
-    from diffcourse.latent.tokenizer import build_tokenizer
-    from diffcourse.latent.unet import build_unet
-    from diffcourse.latent.vae import build_vae
-    from diffcourse.schedules import make_schedule
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    pipe = assemble_pipeline(build_vae(), build_text_encoder(tokenizer), tokenizer, build_unet(),
-                             make_schedule("scaled_linear"))
-    save_pipeline(folder, pipe, command="tiny pipeline for tests/test_guidance.py")
-    return load_pipeline(folder)
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    from diffcourse.latent.pipeline import load_pipeline
-
     from diffusers import DDIMScheduler
 
-    try:
-        pipe = load_pipeline()
-    except Exception as err:                                                     # the zoo folder is being rebuilt
-        print(f"zoo shapes_sd unavailable ({err}); using a tiny pipeline built from the course's configs")
-        pipe = _tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+    pipe, _ = shapes_sd_or_tiny(tmp_path_factory.mktemp("tiny_sd"), "tiny pipeline for tests/test_guidance.py")
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)   # the course's end
     return pipe
 
