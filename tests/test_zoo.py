@@ -93,8 +93,9 @@ def test_manifest_lists_every_toy_and_is_small():
     # diffusers folder of §3.7 (~490 kB); the measured spreads over training seeds (ch01's cosine-vs-linear toys,
     # ch03's additive-vs-token ranking) add two more seeds of each compared model (~1.5 MB); chapter 4 ships its VAE
     # (~0.5 MB) and the whole Stable Diffusion folder (at most 3 MB, issue 11); chapter 7 a DiT and a toy flow
-    # (< 0.4 MB). A clone stays small: 8 MB in all. A later chapter that needs more makes room first.
-    assert total < 8_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 8 MB in all"
+    # (< 0.4 MB); chapter 6 a ControlNet and style LoRAs (at most 1.5 MB); chapter 8 its video models (at most 1.5 MB).
+    # A clone stays small: 12 MB in all. A later chapter that needs more makes room first.
+    assert total < 12_000_000, f"the zoo holds {total / 1e3:.0f} kB; keep the shipped checkpoints under 12 MB in all"
 
 
 def test_every_shipped_checkpoint_verifies():
