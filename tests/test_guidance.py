@@ -12,7 +12,7 @@ import torch
 from diffcourse import zoo
 from diffcourse.guidance import (adherence, both_branches, clipping_share, diversity, drop_condition, drop_prompts,
                                  guidance_scale_from_paper, guidance_weights, guided_class_model, guided_eps, paper_w,
-                                 pixel_stats, rescale_guidance, sample_cfg_digits, sample_text_cfg)
+                                 off_palette_share, pixel_stats, rescale_guidance, sample_cfg_digits, sample_text_cfg)
 
 from latent_parts import shapes_sd_or_tiny
 
@@ -166,3 +166,42 @@ def test_course_cfg_loop_refuses_a_scheduler_that_ends_elsewhere(pipe):
             sample_text_cfg(pipe, ["a large red circle"], num_inference_steps=2)
     finally:
         pipe.scheduler = saved
+
+
+def test_off_palette_share_is_small_on_real_shapes_and_large_on_noise():
+    from diffcourse.data.shapes import ShapesDataset
+    from diffcourse.guidance import off_palette_share
+
+    real = torch.stack([item["image"] for item in ShapesDataset(24, seed=5, max_shapes=1)])   # (24, 3, 32, 32)
+    noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert off_palette_share(real) < 0.03, f"real shapes should be background or palette, got {off_palette_share(real):.3f}"
+    assert off_palette_share(noise) > 0.5, f"uniform noise should be mostly off-palette, got {off_palette_share(noise):.3f}"
+    grey = torch.zeros(2, 3, 8, 8)                                                # mid-grey: no palette colour
+    assert off_palette_share(grey) == 1.0
+
+
+@torch.no_grad()
+def test_guidance_curve_on_the_shapes_model_same_noise_and_colour_rises_with_w():
+    from diffusers import DDIMScheduler
+
+    from diffcourse.guidance import curve_prompts, guidance_curve
+    from diffcourse.latent.pipeline import load_pipeline
+
+    prompts, labels = curve_prompts(3, 4, seed=1)
+    assert len(prompts) == 12 and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert prompts[0] == prompts[3] != prompts[4]
+    with pytest.raises(ValueError, match="two samples per prompt"):
+        curve_prompts(3, 1)
+    pipe = load_pipeline()                                                        # the shipped zoo/shapes_sd
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
+    curve = guidance_curve(pipe, [0.0, 3.0], n_prompts=6, repeats=4, seed=2, num_inference_steps=8, progress=False)
+    assert set(curve) == {0.0, 3.0}
+    for w, row in curve.items():
+        assert row["images"].shape == (24, 3, 32, 32) and float(row["images"].abs().max()) <= 1.0
+        assert {"colour", "shape", "size", "position", "colour+position+shape", "diversity", "off_palette",
+                "clipped", "max_abs"} <= set(row)
+    again = guidance_curve(pipe, [3.0], n_prompts=6, repeats=4, seed=2, num_inference_steps=8, progress=False)
+    assert torch.equal(again[3.0]["images"], curve[3.0]["images"]), "the same seed must give the same samples"
+    # w = 0 is the unconditional model: colour at chance (1 in 6); w = 3 follows the caption's colour
+    assert curve[3.0]["colour"] >= curve[0.0]["colour"] + 0.4, \
+        f"colour adherence {curve[0.0]['colour']:.2f} at w = 0 and {curve[3.0]['colour']:.2f} at w = 3"

@@ -17,6 +17,7 @@ the unconditional one. Ho & Salimans write eps~ = (1 + w') eps_c - w' eps_u, so 
 - :mod:`.digits`    a CFG sampler for the course's class-conditional digits (DDIM, §2.3, with a guided wrapper)
 - :mod:`.text`      the same loop with the chapter 4 pipeline's parts, equal to ``StableDiffusionPipeline``
 - :mod:`.measure`   adherence, diversity and saturation / clipping share against w
+- :mod:`.shapes`    the same curves on chapter 4's shapes model, per caption attribute
 """
 from .cfg import both_branches, guided_eps, guidance_scale_from_paper, paper_w
 from .digits import guided_class_model, sample_cfg_digits
@@ -24,8 +25,10 @@ from .dropout import drop_condition, drop_prompts
 from .measure import adherence, clipping_share, diversity, pixel_stats
 from .rescale import rescale_guidance
 from .schedule import guidance_weights
+from .shapes import curve_prompts, guidance_curve, off_palette_share
 from .text import guided_text_model, sample_text_cfg
 
 __all__ = ["drop_condition", "drop_prompts", "guided_eps", "paper_w", "guidance_scale_from_paper", "both_branches",
            "rescale_guidance", "guidance_weights", "guided_class_model", "sample_cfg_digits", "guided_text_model",
-           "sample_text_cfg", "adherence", "diversity", "clipping_share", "pixel_stats"]
+           "sample_text_cfg", "adherence", "diversity", "clipping_share", "pixel_stats", "curve_prompts", "off_palette_share",
+           "guidance_curve"]

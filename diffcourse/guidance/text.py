@@ -41,7 +41,8 @@ def guided_text_model(unet, context: torch.Tensor, uncond_context: torch.Tensor,
 
 @torch.no_grad()
 def sample_text_cfg(pipe, prompts: list[str], negative_prompts: list[str] | None = None, *, seed: int = 0,
-                    num_inference_steps: int = 25, guidance_scale: float = 4.0, guidance_rescale: float = 0.0):
+                    num_inference_steps: int = 25, guidance_scale: float = 4.0, guidance_rescale: float = 0.0,
+                    clamp: bool = True):
     """Images (N, 3, H, W) in [-1, 1] from a ``StableDiffusionPipeline``'s parts with the course's CFG (§5.4).
 
     ``pipe``: e.g. :func:`diffcourse.latent.pipeline.load_pipeline` (its DDIM scheduler config gives the grid).
@@ -51,6 +52,7 @@ def sample_text_cfg(pipe, prompts: list[str], negative_prompts: list[str] | None
     ``negative_prompts``: replace the empty prompt of the unconditional branch (eq. 5.5).
     A v-prediction U-Net (the scheduler's ``prediction_type``) is guided the same way: eqs. 5.3-5.6 are linear
     in the network's output, so they combine v_u and v_c exactly as the pipeline does.
+    ``clamp=False`` returns the decoder's output before clipping to [-1, 1], to measure saturation (§5.5).
     """
     if getattr(pipe.scheduler.config, "set_alpha_to_one", True) is False:
         raise ValueError("the pipeline's DDIMScheduler has set_alpha_to_one=False; the course's DDIM ends on "
@@ -73,4 +75,5 @@ def sample_text_cfg(pipe, prompts: list[str], negative_prompts: list[str] | None
                      spacing=config.timestep_spacing, steps_offset=config.steps_offset,
                      prediction_type=config.prediction_type,                       # eps or v, as the U-Net was trained
                      generator=torch.Generator().manual_seed(seed))               # (N, 4, h, w)
-    return pipe.vae.decode(z0 / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)   # (N, 3, H, W), eq. 4.6
+    images = pipe.vae.decode(z0 / pipe.vae.config.scaling_factor).sample                # (N, 3, H, W), eq. 4.6
+    return images.clamp(-1, 1) if clamp else images
