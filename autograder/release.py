@@ -22,7 +22,7 @@ def assignments(root: Path = REPO) -> list[str]:
 
 
 def generate(assignment_ids: list[str], root: Path = REPO, release_dir: Path | None = None,
-             course_dir: Path | None = None, use_db: bool = False) -> None:
+             course_dir: Path | None = None, use_db: bool = False, db_url: str | None = None) -> None:
     """nbgrader generate_assignment for each id, from ``root/solutions`` into ``release_dir``."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
@@ -37,7 +37,7 @@ def generate(assignment_ids: list[str], root: Path = REPO, release_dir: Path | N
     c.CourseDirectory.source_directory = str((root / "solutions").resolve()) if course_dir else "solutions"
     c.CourseDirectory.release_directory = str(release_dir or (root / "notebooks"))
     c.CourseDirectory.course_id = "diffcourse"
-    c.CourseDirectory.db_url = f"sqlite:///{course / 'gradebook.db'}"
+    c.CourseDirectory.db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.GenerateAssignment.no_database = not use_db
     c.SaveCells.enabled = use_db
