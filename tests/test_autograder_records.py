@@ -91,6 +91,9 @@ def test_late_policy_file_is_checked(tmp_path):
     bad.write_text('[deadline]\ntiny = "2026-12-01 17:00:00 UTC"\n')
     with pytest.raises(ValueError, match="unknown section"):
         load_policy(bad)
+    shipped = load_policy(REPO / "autograder" / "late_policy.example.toml")   # shown on the instructors' page
+    assert shipped["extensions"]["ch01_math"]["ben"] == 48.0 and set(shipped["deadlines"]) <= set(
+        p.name for p in (REPO / "solutions").iterdir()), f"the example policy must name real assignments: {shipped}"
     good = tmp_path / "good.toml"
     good.write_text(POLICY)
     policy = load_policy(good)
