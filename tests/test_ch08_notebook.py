@@ -289,6 +289,13 @@ def consistency_scores(clip, threshold=0.5):
  test_correct_alternative_is_accepted) = exercise_tests(run_tests, WRONG, RIGHT, 2 * N_EXERCISES, isolate=True)
 
 
+def test_solution_passes_with_a_second_seed():
+    """The autograder may inject another SEED (``--seed``): the tests' data follow it and the solution still passes."""
+    results = run_tests({"parameters": SOURCES["parameters"] + "\nSEED = 1"})
+    failed = {k: v for k, v in results.items() if v}
+    assert len(results) == 2 * N_EXERCISES and not failed, f"with SEED = 1: {failed}"
+
+
 def test_every_exercise_has_four_mistakes_and_an_alternative():
     for k in range(1, N_EXERCISES + 1):
         assert len(WRONG[f"ex{k}_solution"]) >= 4 and f"ex{k}_solution" in RIGHT, f"exercise {k}"
