@@ -1,18 +1,18 @@
-"""LoRA from scratch: a frozen linear layer plus a trainable low-rank update (book §6.4, eqs. 6.5-6.7).
+"""LoRA from scratch: a frozen linear layer plus a trainable low-rank update (book §6.3, eqs. 6.2-6.4).
 
 A pretrained weight W (d_out, d_in) is kept frozen; only two thin matrices are trained::
 
-    y = W x + (alpha / r) * s * B A x,   A (r, d_in), B (d_out, r), r << min(d_in, d_out)      (eq. 6.5)
+    y = W x + (alpha / r) * s * B A x,   A (r, d_in), B (d_out, r), r << min(d_in, d_out)      (eq. 6.2)
 
 B starts at zero, so at initialisation the layer *is* the pretrained layer (identity at init); A starts
 random (Kaiming-uniform, as peft does) so that the first gradient on B is not zero. ``alpha / r`` keeps
 the update's size comparable across ranks; ``s`` (:attr:`LoRALinear.scale`) is the user's knob at
-inference time (0 = the base model, 1 = the trained LoRA, in between = a blend).
+inference time (eq. 6.4) (0 = the base model, 1 = the trained LoRA, in between = a blend).
 
 Merging folds the update into the weight, so inference costs nothing extra::
 
-    W' = W + (alpha / r) * s * B A          (merge, eq. 6.6)
-    W  = W' - (alpha / r) * s * B A         (unmerge, eq. 6.7: the exact same tensor is subtracted)
+    W' = W + (alpha / r) * s * B A          (merge, eq. 6.3)
+    W  = W' - (alpha / r) * s * B A         (unmerge, eq. 6.3: the exact same tensor is subtracted)
 
 :func:`add_lora` wraps a model's attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` in
 diffusers' ``Attention``) and freezes everything else; :func:`merge_lora`, :func:`unmerge_lora`,
@@ -28,15 +28,15 @@ from torch import nn
 __all__ = ["ATTENTION_PROJECTIONS", "LoRALinear", "add_lora", "lora_layers", "merge_lora", "unmerge_lora",
            "set_lora_scale", "lora_state_dict", "trainable_share"]
 
-#: The linear layers of diffusers' ``Attention`` that LoRA wraps by default (book §6.4).
+#: The linear layers of diffusers' ``Attention`` that LoRA wraps by default (book §6.3).
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 class LoRALinear(nn.Module):
-    """``base(x) + (alpha / r) * scale * B(A(x))`` around a frozen ``nn.Linear`` (book §6.4, eq. 6.5).
+    """``base(x) + (alpha / r) * scale * B(A(x))`` around a frozen ``nn.Linear`` (book §6.3, eq. 6.2).
 
     ``lora_A`` (r, d_in) is Kaiming-uniform, ``lora_B`` (d_out, r) is zero: the output equals ``base(x)``
-    until B is trained. ``generator`` seeds A. :meth:`merge` / :meth:`unmerge` (eqs. 6.6-6.7) fold the
+    until B is trained. ``generator`` seeds A. :meth:`merge` / :meth:`unmerge` (eq. 6.3) fold the
     update in and out of ``base.weight``; while merged, ``forward`` is just ``base(x)``.
     """
 
@@ -62,12 +62,12 @@ class LoRALinear(nn.Module):
 
     @property
     def merged(self) -> bool:
-        """Whether the update currently lives inside ``base.weight`` (eq. 6.6)."""
+        """Whether the update currently lives inside ``base.weight`` (eq. 6.3)."""
         return self._merged_delta is not None
 
     @property
     def scale(self) -> float:
-        """The inference-time multiplier s of eq. 6.5; setting it while merged re-merges with the new s."""
+        """The inference-time multiplier s of eq. 6.4; setting it while merged re-merges with the new s."""
         return self._scale
 
     @scale.setter
@@ -80,11 +80,11 @@ class LoRALinear(nn.Module):
             self.merge()
 
     def delta_weight(self) -> torch.Tensor:
-        """(alpha / r) * s * B A, shape (d_out, d_in): what merging adds to W (eq. 6.6)."""
+        """(alpha / r) * s * B A, shape (d_out, d_in): what merging adds to W (eq. 6.3)."""
         return (self.scaling * self._scale) * (self.lora_B @ self.lora_A)         # (d_out, r) @ (r, d_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., d_in) -> (..., d_out) by eq. 6.5 (or ``base(x)`` alone while merged)."""
+        """x (..., d_in) -> (..., d_out) by eqs. 6.2 and 6.4 (or ``base(x)`` alone while merged)."""
         y = self.base(x)                                                        # (..., d_out)
         if self.merged or self._scale == 0:
             return y
@@ -93,7 +93,7 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """W <- W + (alpha / r) s B A (eq. 6.6); forward then costs one matmul. Merging twice is an error."""
+        """W <- W + (alpha / r) s B A (eq. 6.3); forward then costs one matmul. Merging twice is an error."""
         if self.merged:
             raise RuntimeError("this LoRA layer is already merged; unmerge it first")
         delta = self.delta_weight().detach().clone()                            # (d_out, d_in)
@@ -102,7 +102,7 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W <- W - (the very delta that was merged) (eq. 6.7): the base weight comes back up to float rounding."""
+        """W <- W - (the very delta that was merged) (eq. 6.3): the base weight comes back up to float rounding."""
         if not self.merged:
             raise RuntimeError("this LoRA layer is not merged")
         self.base.weight -= self._merged_delta
@@ -115,7 +115,7 @@ class LoRALinear(nn.Module):
 def add_lora(model: nn.Module, r: int = 4, alpha: float | None = None,
              targets: tuple[str, ...] = ATTENTION_PROJECTIONS, seed: int = 0, freeze: bool = True) -> list[str]:
     """Replace every ``nn.Linear`` whose qualified name ends with one of ``targets`` by a :class:`LoRALinear`
-    (book §6.4). With ``freeze`` every other parameter of ``model`` stops requiring gradients, so only the
+    (book §6.3). With ``freeze`` every other parameter of ``model`` stops requiring gradients, so only the
     A and B matrices train. ``seed`` seeds the A matrices (one generator, in module order).
     Returns the names of the wrapped layers; a model with none of ``targets`` is an error.
     """
@@ -136,12 +136,12 @@ def add_lora(model: nn.Module, r: int = 4, alpha: float | None = None,
 
 
 def lora_layers(model: nn.Module) -> list[LoRALinear]:
-    """Every :class:`LoRALinear` inside ``model``, in module order (book §6.4)."""
+    """Every :class:`LoRALinear` inside ``model``, in module order (book §6.3)."""
     return [m for m in model.modules() if isinstance(m, LoRALinear)]
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Merge every LoRA layer of ``model`` (eq. 6.6); returns how many were merged."""
+    """Merge every LoRA layer of ``model`` (eq. 6.3); returns how many were merged."""
     layers = lora_layers(model)
     for layer in layers:
         layer.merge()
@@ -149,7 +149,7 @@ def merge_lora(model: nn.Module) -> int:
 
 
 def unmerge_lora(model: nn.Module) -> int:
-    """Unmerge every LoRA layer of ``model`` (eq. 6.7); returns how many were unmerged."""
+    """Unmerge every LoRA layer of ``model`` (eq. 6.3); returns how many were unmerged."""
     layers = lora_layers(model)
     for layer in layers:
         layer.unmerge()
@@ -157,18 +157,18 @@ def unmerge_lora(model: nn.Module) -> int:
 
 
 def set_lora_scale(model: nn.Module, scale: float) -> None:
-    """Set s of eq. 6.5 on every LoRA layer (0 = base model, 1 = full LoRA) (book §6.4)."""
+    """Set s of eq. 6.4 on every LoRA layer (0 = base model, 1 = full LoRA) (book §6.3)."""
     for layer in lora_layers(model):
         layer.scale = scale
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA matrices (``...lora_A``, ``...lora_B``) of ``model``: what a LoRA file holds (book §6.4)."""
+    """Only the LoRA matrices (``...lora_A``, ``...lora_B``) of ``model``: what a LoRA file holds (book §6.3)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith(("lora_A", "lora_B"))}
 
 
 def trainable_share(model: nn.Module) -> dict[str, float]:
-    """Trainable and total parameter counts and their ratio (book §6.4: LoRA against full fine-tuning)."""
+    """Trainable and total parameter counts and their ratio (book §6.3: LoRA against full fine-tuning)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "share": trainable / total}

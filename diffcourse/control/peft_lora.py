@@ -1,19 +1,19 @@
-"""LoRA with peft and diffusers on the course's U-Net, and the check that it is eq. 6.5 (book §6.5).
+"""LoRA with peft and diffusers on the course's U-Net, and the check that it is eq. 6.2 (book §6.4).
 
 The same layer as :mod:`diffcourse.control.lora`, as the libraries ship it::
 
     unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
 
 wraps each attention projection in a ``peft.tuners.lora.Linear`` computing
-``base(x) + lora_B(lora_A(x)) * (lora_alpha / r)`` -- eq. 6.5 with ``lora_A.weight`` = A (r, d_in) and
+``base(x) + lora_B(lora_A(x)) * (lora_alpha / r)`` -- eq. 6.2 with ``lora_A.weight`` = A (r, d_in) and
 ``lora_B.weight`` = B (d_out, r), B zero at init. :func:`copy_scratch_to_peft` copies the course's A and B
 into peft's layers, so that :func:`max_disagreement` can compare the two U-Nets numerically.
 
-The pipeline round trip (book §6.5): :func:`save_unet_lora` writes only the adapter with
+The pipeline round trip (book §6.4): :func:`save_unet_lora` writes only the adapter with
 ``StableDiffusionPipeline.save_lora_weights`` into a local folder (``pytorch_lora_weights.safetensors``);
 ``pipe.load_lora_weights(folder, adapter_name=...)`` reads it back, ``pipe.set_adapters(names, weights)``
-sets the scale s of each LoRA (two LoRAs combine as a weighted sum of their updates), and
-``pipe.fuse_lora(lora_scale=s)`` merges them into the weights (eq. 6.6; ``unfuse_lora`` is eq. 6.7).
+sets the scale s of each LoRA (two LoRAs combine as a weighted sum of their updates, eq. 6.4), and
+``pipe.fuse_lora(lora_scale=s)`` merges them into the weights (eq. 6.3; ``unfuse_lora`` takes them out, eq. 6.3).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def lora_config(r: int = 4, alpha: float | None = None, targets: tuple[str, ...] = ATTENTION_PROJECTIONS):
-    """``peft.LoraConfig`` for eq. 6.5 on the attention projections, B zero at init (book §6.5)."""
+    """``peft.LoraConfig`` for eq. 6.2 on the attention projections, B zero at init (book §6.4)."""
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=float(r if alpha is None else alpha), target_modules=list(targets),
@@ -41,7 +41,7 @@ def lora_config(r: int = 4, alpha: float | None = None, targets: tuple[str, ...]
 
 def add_peft_lora(unet, r: int = 4, alpha: float | None = None, adapter_name: str = "default",
                   targets: tuple[str, ...] = ATTENTION_PROJECTIONS, seed: int = 0):
-    """Freeze the U-Net and ``unet.add_adapter(lora_config(...), adapter_name)`` (book §6.5).
+    """Freeze the U-Net and ``unet.add_adapter(lora_config(...), adapter_name)`` (book §6.4).
 
     ``seed`` seeds peft's random A matrices. Returns the U-Net (changed in place).
     """
@@ -52,7 +52,7 @@ def add_peft_lora(unet, r: int = 4, alpha: float | None = None, adapter_name: st
 
 
 def peft_lora_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``{name: peft LoRA layer}`` for every module of ``model`` that peft wrapped (book §6.5)."""
+    """``{name: peft LoRA layer}`` for every module of ``model`` that peft wrapped (book §6.4)."""
     from peft.tuners.lora import LoraLayer
 
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
@@ -61,7 +61,7 @@ def peft_lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 @torch.no_grad()
 def copy_scratch_to_peft(scratch: nn.Module, peft_model: nn.Module, adapter_name: str = "default") -> int:
     """Copy A and B of every :class:`~diffcourse.control.lora.LoRALinear` of ``scratch`` into the peft layer of
-    the same name in ``peft_model`` (same architecture), and the base weights too (book §6.5).
+    the same name in ``peft_model`` (same architecture), and the base weights too (book §6.4).
 
     Raises if a layer's rank or alpha / r differs. Returns the number of layers copied.
     """
@@ -87,7 +87,7 @@ def copy_scratch_to_peft(scratch: nn.Module, peft_model: nn.Module, adapter_name
 
 @torch.no_grad()
 def max_disagreement(unet_a, unet_b, generator: torch.Generator | None = None, batch: int = 4) -> float:
-    """Largest ``|eps_a - eps_b|`` of two U-Nets on the same random (z_t, t, c) (book §6.5)."""
+    """Largest ``|eps_a - eps_b|`` of two U-Nets on the same random (z_t, t, c) (book §6.4)."""
     cfg = unet_a.config
     g = generator or torch.Generator().manual_seed(0)
     z = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)   # (N, 4, h, w)
@@ -99,10 +99,10 @@ def max_disagreement(unet_a, unet_b, generator: torch.Generator | None = None, b
 
 
 def save_unet_lora(pipe, folder: str | Path, adapter_name: str = "default") -> Path:
-    """Write the U-Net's LoRA (only A and B) with ``save_lora_weights`` into ``folder`` (book §6.5).
+    """Write the U-Net's LoRA (only A and B) with ``save_lora_weights`` into ``folder`` (book §6.4).
 
     The adapter's config (r, ``lora_alpha``) is saved as the file's metadata: without it the loader only
-    sees the shapes of A and B and takes alpha = r, silently changing alpha / r (a trap of §6.5).
+    sees the shapes of A and B and takes alpha = r, silently changing alpha / r (a trap of §6.4).
     Returns the path of the safetensors file; ``pipe.load_lora_weights(folder)`` reads it back.
     """
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -117,12 +117,12 @@ def save_unet_lora(pipe, folder: str | Path, adapter_name: str = "default") -> P
 
 
 def lora_file_size(folder: str | Path) -> int:
-    """Bytes of the LoRA file written by :func:`save_unet_lora` (book §6.5)."""
+    """Bytes of the LoRA file written by :func:`save_unet_lora` (book §6.4)."""
     return (Path(folder) / LORA_FILE).stat().st_size
 
 
 def full_model_size(unet, folder: str | Path) -> int:
-    """Bytes of the U-Net's full ``save_pretrained`` (float32 safetensors): what full fine-tuning ships (book §6.5)."""
+    """Bytes of the U-Net's full ``save_pretrained`` (float32 safetensors): what full fine-tuning ships (book §6.4)."""
     folder = Path(folder)
     unet.save_pretrained(str(folder), safe_serialization=True)
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))

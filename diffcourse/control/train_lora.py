@@ -1,4 +1,4 @@
-"""Training a style LoRA on a handful of styled images, on a CPU (book §6.4, eq. 6.5 trained with eq. 4.10).
+"""Training a style LoRA on a handful of styled images, on a CPU (book §6.4, eq. 6.2 trained with eq. 4.10).
 
 Only the A and B matrices require gradients (the U-Net, text encoder and VAE stay frozen); the loss is the
 latent denoising loss of chapter 4::
@@ -22,19 +22,25 @@ from ..data.shapes import caption_for, render_styled, sample_objects
 from ..latent.text_encoder import encode_prompt, prompt_ids
 from ..latent.vae import encode
 from .controlnet import denoising_target
+from .lora import ATTENTION_PROJECTIONS
 
-__all__ = ["STYLE_PRESETS", "styled_images", "fixed_eval_loss", "train_lora"]
+__all__ = ["STYLE_PRESETS", "styled_images", "fixed_eval_loss", "train_lora", "STYLE_LORAS", "LORA_MODEL_CLASS",
+           "add_parser", "train_style_lora_cli", "is_lora_folder", "load_lora_folder"]
 
-#: Fixed styles for :func:`styled_images` (book §6.4): a background and one texture for every shape.
+#: Fixed styles for :func:`styled_images` (book §6.4): two background palettes that the chapter 4 VAE keeps
+#: ("dusk": purple at the top to blue at the bottom; "teal": one teal colour), and a 3-pixel stripe texture on
+#: black that it does not keep (measured on the page with :func:`~diffcourse.control.style.stripe_contrast`).
 STYLE_PRESETS = {
-    "striped dusk": dict(background="gradient", bg_colour=[0.30, 0.0, 0.25], bg_colour2=[0.0, 0.05, 0.30],
-                         texture="stripes", angle=0.0),
-    "shaded teal": dict(background="solid", bg_colour=[0.0, 0.25, 0.25], bg_colour2=[0.0, 0.25, 0.25],
-                        texture="shading", angle=0.0),
+    "dusk": dict(background="gradient", bg_colour=[0.30, 0.0, 0.25], bg_colour2=[0.0, 0.05, 0.30],
+                 texture="flat", angle=0.0),
+    "teal": dict(background="solid", bg_colour=[0.0, 0.25, 0.25], bg_colour2=[0.0, 0.25, 0.25],
+                 texture="flat", angle=0.0),
+    "stripes": dict(background="black", bg_colour=[0.0, 0.0, 0.0], bg_colour2=[0.0, 0.0, 0.0],
+                    texture="stripes", angle=0.0),
 }
 
 
-def styled_images(n: int, style: str = "striped dusk", seed: int = 0, size: int = 32,
+def styled_images(n: int, style: str = "dusk", seed: int = 0, size: int = 32,
                   max_shapes: int = 1) -> tuple[torch.Tensor, list[str]]:
     """``n`` shapes images in one :data:`STYLE_PRESETS` style and their (style-free) captions (book §6.4).
 
@@ -110,3 +116,106 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
     pipe.unet.eval()
     return dict(losses=losses, eval_before=before, eval_after=fixed_eval_loss(pipe, latents, context),
                 trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- the zoo's style LoRAs
+
+#: The zoo's style LoRAs (book §6.4): ``python -m diffcourse.train style-lora --style <style> ...`` writes each.
+STYLE_LORAS = {"dusk": "shapes_lora_dusk", "teal": "shapes_lora_teal"}
+#: What a style LoRA's folder holds beside its weights: the command and the training record.
+LORA_MODEL_CLASS = "StyleLoRA"
+
+
+def add_parser(sub, common) -> None:
+    """The ``style-lora`` subcommand of ``python -m diffcourse.train`` (book §6.4), options in recorded order."""
+    p = sub.add_parser("style-lora", parents=[common],
+                       help="a LoRA on the U-Net's attention projections of zoo/shapes_sd, trained on styled shapes (§6.4)")
+    p.add_argument("--base", required=True, help="the Stable Diffusion folder the LoRA adapts (zoo/shapes_sd)")
+    p.add_argument("--out", required=True, help="the folder to write (pytorch_lora_weights.safetensors, float16)")
+    p.add_argument("--style", required=True, choices=sorted(STYLE_PRESETS))
+    p.add_argument("--images", type=int, default=16, help="styled training images (10-20 in the exercise)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=4.0)
+    p.add_argument("--targets", default=",".join(ATTENTION_PROJECTIONS), help="comma-separated projections")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
+
+
+def train_style_lora_cli(args) -> dict:
+    """Train a style LoRA with peft on ``args.base`` and write its folder (book §6.4); returns its metadata.
+
+    The folder holds ``pytorch_lora_weights.safetensors`` (written by ``save_lora_weights`` with the
+    adapter's r and alpha as metadata, then stored float16) and ``diffcourse.json`` (the command and the
+    training record), so ``pipe.load_lora_weights(folder)`` reads it and :func:`diffcourse.zoo.register`
+    records it.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ..latent.pipeline import load_pipeline
+    from ..latent.zoo_folders import write_metadata
+    from ..train import canonical_command
+    from .peft_lora import LORA_FILE, add_peft_lora, save_unet_lora
+
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.base)
+    targets = tuple(args.targets.split(","))
+    add_peft_lora(pipe.unet, r=args.rank, alpha=args.alpha, targets=targets, seed=args.seed)
+    images, captions = styled_images(args.images, args.style, seed=args.seed)
+    result = train_lora(pipe, images, captions, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                        seed=args.seed, progress=args.progress)
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        written = save_unet_lora(pipe, tmp)
+        with safe_open(str(written), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in sorted(f.keys())}
+    save_file(tensors, str(out / LORA_FILE), metadata=header)                  # float16: half the bytes
+    info = dict(model_class=LORA_MODEL_CLASS, base=args.base, style=args.style, dataset=(
+                    f"{args.images} shapes-32 one-shape images in the {args.style!r} style (style-free captions)"),
+                steps=args.steps, seed=args.seed, command=canonical_command(args), schedule=None, T=None,
+                prediction_type=pipe.scheduler.config.prediction_type, weights="float16",
+                config=dict(r=args.rank, alpha=args.alpha, targets=list(targets)),
+                trainable_parameters=result["trainable"], eval_loss_before=round(result["eval_before"], 5),
+                eval_loss_after=round(result["eval_after"], 5))
+    write_metadata(out, info)
+    return dict(info, seconds=result["seconds"])
+
+
+def is_lora_folder(folder) -> bool:
+    """Whether ``folder`` is a style LoRA written by :func:`train_style_lora_cli` (book §6.4)."""
+    from pathlib import Path
+
+    from .peft_lora import LORA_FILE
+
+    folder = Path(folder)
+    return (folder / LORA_FILE).exists() and (folder / "diffcourse.json").exists()
+
+
+def load_lora_folder(folder, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """(the LoRA's A and B matrices as a module of parameters, metadata) of a style LoRA folder (book §6.4).
+
+    For :func:`diffcourse.zoo.load`; to apply the LoRA use ``pipe.load_lora_weights(folder, adapter_name=...)``.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ..latent.zoo_folders import read_metadata
+    from .peft_lora import LORA_FILE
+
+    folder = Path(folder)
+    state = load_file(str(folder / LORA_FILE))
+    weights = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(v.float(), requires_grad=False)
+                                      for k, v in state.items()})
+    return weights.to(device).eval(), read_metadata(folder)
