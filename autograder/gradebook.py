@@ -90,6 +90,9 @@ def load_settings(out: Path) -> dict:
     return {"db_url": default_db_url(out), "policy": None}
 
 
+_LOCK_CONNECTIONS: dict = {}   # db_url -> the connection that holds this process's advisory locks
+
+
 def _lock_key(course_id: str) -> int:
     """A signed 64-bit advisory-lock key, the same on every machine for one course."""
     return int.from_bytes(hashlib.sha256(f"nbgrader-gradebook:{course_id}".encode()).digest()[:8], "big",
@@ -100,7 +103,8 @@ class GradebookLock:
     """Exclusive access to the gradebook: ``flock`` on a file of OUT, plus a PostgreSQL advisory lock.
 
     Same interface as ``grade.FileLock`` (``acquire``, ``release``, ``with``). The advisory lock is
-    held by one dedicated connection (autocommit), opened on first use and kept for the worker's life.
+    held by one dedicated connection (autocommit) per process and database, opened on first use and
+    kept for the process's life (a worker grades many submissions: one connection, not one each).
     """
 
     def __init__(self, out: Path, db_url: str, course_id: str = COURSE_ID):
@@ -109,31 +113,37 @@ class GradebookLock:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.db_url, self.key = db_url, _lock_key(course_id)
         self.postgres = is_postgres(db_url)
-        self.conn = None
 
-    def _connection(self):
-        if self.conn is None:
+    def _connection(self, fresh: bool = False):
+        conn = _LOCK_CONNECTIONS.get(self.db_url)
+        if conn is None or fresh:
             from sqlalchemy import create_engine
             from sqlalchemy.pool import NullPool
+            if conn is not None:
+                conn.invalidate()
             engine = create_engine(self.db_url, poolclass=NullPool)
-            self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self.conn
+            conn = _LOCK_CONNECTIONS[self.db_url] = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return conn
 
     def acquire(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         if self.postgres:
             from sqlalchemy import text
+            from sqlalchemy.exc import OperationalError
             try:
-                self._connection().execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                try:
+                    self._connection().execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                except OperationalError:   # the kept connection was lost (server restart): once more, anew
+                    self._connection(fresh=True).execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
             except Exception:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
                 raise
 
     def release(self) -> None:
         try:
-            if self.postgres and self.conn is not None:
+            if self.postgres and self.db_url in _LOCK_CONNECTIONS:
                 from sqlalchemy import text
-                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                _LOCK_CONNECTIONS[self.db_url].execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
