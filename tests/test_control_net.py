@@ -14,7 +14,7 @@ from diffcourse.control.controlnet import (ConditionEmbedding, ScratchControlNet
                                            embedding_channels_for, sample_controlled, zero_conv)
 from diffcourse.control.edges import (as_condition, canny, edge_agreement, edge_map, position_mask, segmentation_map,
                                       sobel)
-from diffcourse.control.train_controlnet import control_dataset, train_controlnet
+from diffcourse.control.train_controlnet import control_dataset, drop_captions, train_controlnet
 from diffcourse.control.strength import (count_denoising_steps, img2img_steps, img2img_timesteps, input_survival,
                                          inpaint_change, strength_table)
 from diffcourse.data.shapes import caption_for, render_objects, sample_objects, shape_mask
@@ -170,6 +170,19 @@ def test_controlnet_loss_trains_only_the_copy(pipe):
     loss.backward()
     assert net.controlnet_mid_block.weight.grad.abs().sum() > 0, "the zero convolutions must receive gradients"
     assert all(p.grad is None for p in pipe.unet.parameters())
+
+
+def test_caption_dropout_replaces_whole_prompts_by_the_empty_one(pipe):
+    ids = pipe.tokenizer(PROMPTS * 200, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids                        # (400, L)
+    empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                           return_tensors="pt").input_ids[0]                   # (L,)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(drop_captions(ids, empty, 0.0, g), ids)
+    assert (drop_captions(ids, empty, 1.0, g) == empty).all()
+    half = drop_captions(ids, empty, 0.5, g)
+    dropped = (half == empty).all(1)                                           # (400,) whole rows only
+    assert ((half == ids).all(1) | dropped).all() and 0.4 < float(dropped.float().mean()) < 0.6
 
 
 def test_a_short_controlnet_training_lowers_the_loss(pipe):

@@ -33,7 +33,11 @@ from torch import nn
 
 __all__ = ["zero_conv", "embedding_channels_for", "ConditionEmbedding", "ScratchControlNet", "controlled_eps",
            "diffusers_controlnet", "controlnet_pipeline", "sample_controlled", "conditioning_sweep", "denoising_target",
-           "controlnet_loss"]
+           "controlnet_loss", "ZOO_NAME", "save_controlnet", "load_controlnet", "load_controlnet_folder",
+           "load_controlnet_pipeline"]
+
+#: The zoo entry of the ControlNet trained on chapter 4's shapes_sd with Canny edges (book §6.3).
+ZOO_NAME = "shapes_controlnet"
 
 
 def zero_conv(channels_in: int, channels_out: int | None = None) -> nn.Conv2d:
@@ -176,6 +180,74 @@ def diffusers_controlnet(unet, factor: int = 4, conditioning_channels: int = 3, 
 
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding_channels_for(
         factor, embedding_first), conditioning_channels=conditioning_channels)
+
+
+def save_controlnet(folder, controlnet, **info):
+    """Save a diffusers ``ControlNetModel`` as a float16 diffusers folder plus ``diffcourse.json`` holding ``info``
+    (the command that made it, its training record) (book §6.3). Returns the folder.
+
+    ``ControlNetModel.from_pretrained(folder)`` loads it; :func:`load_controlnet` loads it as float32.
+    """
+    from pathlib import Path
+
+    from ..latent.zoo_folders import write_metadata
+
+    folder = Path(folder)
+    half = copy.deepcopy(controlnet).half()                                   # float16 on disk: half the bytes
+    half.save_pretrained(str(folder), safe_serialization=True)
+    return write_metadata(folder, info)
+
+
+def load_controlnet_folder(folder, device="cpu"):
+    """(``ControlNetModel`` in eval mode, float32; its ``diffcourse.json`` metadata) of a folder written by
+    :func:`save_controlnet`: what :func:`diffcourse.zoo.load` returns for a ControlNet entry (book §6.3)."""
+    from diffusers import ControlNetModel
+
+    from ..latent.zoo_folders import read_metadata
+
+    net = ControlNetModel.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    return net.to(device).eval(), read_metadata(folder)
+
+
+def load_controlnet(folder=None, device="cpu"):
+    """The trained ControlNet as a float32 diffusers ``ControlNetModel`` (book §6.3): ``folder``, else the zoo's
+    verified ``shapes_controlnet`` (Canny edges on chapter 4's shapes_sd)."""
+    if folder is None:
+        from .. import zoo
+
+        folder = zoo.verify(ZOO_NAME)
+    return load_controlnet_folder(folder, device)[0]
+
+
+def load_controlnet_pipeline(sd_folder=None, controlnet_folder=None, device="cpu"):
+    """diffusers' ``StableDiffusionControlNetPipeline`` from two local folders, offline, float32 (book §6.3).
+
+    ``sd_folder``: a Stable Diffusion pipeline folder (default: the zoo's ``shapes_sd``, chapter 4);
+    ``controlnet_folder``: a ControlNet folder (default: the zoo's ``shapes_controlnet``). The call
+    ``pipe(prompts, image=conditions, controlnet_conditioning_scale=lam, output_type="pt")`` takes the
+    conditions (N, 3, H, W) in [0, 1], H = W = 32.
+    """
+    from diffusers import StableDiffusionControlNetPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from ..latent.pipeline import pipeline_folder
+
+    controlnet = load_controlnet(controlnet_folder, device)
+    shown = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()                                   # no "Loading ..." bars
+    transformers_logging.disable_progress_bar()
+    try:
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(
+            str(pipeline_folder(sd_folder)), controlnet=controlnet, dtype=torch.float32, local_files_only=True,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    finally:
+        if shown[0]:
+            diffusers_logging.enable_progress_bar()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def controlnet_pipeline(pipe, controlnet):

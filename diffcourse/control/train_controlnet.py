@@ -9,10 +9,24 @@ embedding E and the zero convolutions) learns, on chapter 4's loss with the resi
 segmentation map or the position boxes of :mod:`diffcourse.control.edges`); :func:`train_controlnet`
 runs the loop and reports the loss on fixed draws before and after, with the right conditions and with
 the conditions shuffled across images: once trained, the ControlNet should do better with the right ones.
+
+Why a ControlNet can learn to ignore its condition, and the cure (book §6.3). The shapes' captions already say
+the colour, the shape, the size and the position, so the frozen U-Net predicts the noise almost as well
+without the edges as with them: the loss barely rewards reading y, and a short run leaves the zero
+convolutions adding a text-driven correction that is the same for any y (the loss with shuffled conditions
+equals the loss with the right ones). Dropping the caption of a share ``p_drop_caption`` of the training
+images (the empty prompt, as classifier-free guidance does) leaves the edges as the only source of *where*
+and *what shape* for those images, and the ControlNet starts following them within a few hundred steps.
+
+``python -m diffcourse.train controlnet --out zoo/shapes_controlnet`` (:func:`add_parser`, :func:`train_cli`)
+trains the zoo's ``shapes_controlnet`` and writes it as a float16 diffusers folder.
 """
 from __future__ import annotations
 
+import argparse
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +37,8 @@ from ..latent.vae import encode
 from .controlnet import controlnet_loss
 from .edges import as_condition, canny, position_mask, segmentation_map
 
-__all__ = ["CONDITIONS", "control_dataset", "fixed_control_loss", "train_controlnet"]
+__all__ = ["CONDITIONS", "control_dataset", "fixed_control_loss", "drop_captions", "train_controlnet", "add_parser",
+           "train_cli"]
 
 #: The condition maps :func:`control_dataset` can draw (book §6.2).
 CONDITIONS = ("canny", "segmentation", "position")
@@ -55,13 +70,23 @@ def fixed_control_loss(pipe, controlnet, latents, input_ids, conditions, draws: 
                    for _ in range(draws)) / draws
 
 
+def drop_captions(ids: torch.Tensor, empty: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each row of ``ids`` (B, L) by the empty prompt's ids ``empty`` (L,) with probability ``p``
+    (book §6.3): those images' edges are the only thing that says where the shape is. Returns (B, L)."""
+    drop = torch.rand(ids.shape[0], generator=generator) < p                  # (B,) bool
+    return torch.where(drop[:, None].to(ids.device), empty.to(ids.device)[None], ids)
+
+
 def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str], conditions: torch.Tensor,
                      steps: int = 60, lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, p_drop_caption: float = 0.5) -> dict:
     """Train ``controlnet`` (frozen ``pipe``) on (images, captions, conditions) (book §6.3, eqs. 6.3-6.4).
 
-    Returns ``dict(losses=[per step], eval_before=, eval_after=, eval_shuffled=, seconds=)``; ``eval_shuffled``
-    is the final loss with every image given another image's condition.
+    ``p_drop_caption``: the share of training images whose caption is replaced by the empty prompt
+    (:func:`drop_captions`; 0 keeps every caption, and then the condition is hardly used: see the module's
+    docstring). Returns ``dict(losses=[per step], eval_before=, eval_after=, eval_shuffled=, seconds=)``, the
+    evaluations with the full captions; ``eval_shuffled`` is the final loss with every image given another
+    image's condition.
     """
     for part in (pipe.unet, pipe.text_encoder, pipe.vae):
         part.requires_grad_(False)
@@ -69,16 +94,18 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str]
     with torch.no_grad():
         latents = encode(pipe.vae, images.to(device), pipe.vae.config.scaling_factor)   # (N, 4, h, w)
     ids = prompt_ids(pipe.tokenizer, captions).to(device)                      # (N, L)
+    empty = prompt_ids(pipe.tokenizer, [""])[0]                                # (L,) the empty prompt
     conditions = conditions.to(device)
     before = fixed_control_loss(pipe, controlnet, latents, ids, conditions)
     params = [p for p in controlnet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
-    losses, start = [], time.perf_counter()
+    losses, start, cpu_start = [], time.perf_counter(), time.process_time()
     controlnet.train()
     for _ in tqdm(range(steps), desc="ControlNet", disable=not progress):
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g).to(device)   # (B,)
-        loss = controlnet_loss(pipe, controlnet, latents[idx], ids[idx], conditions[idx], g)
+        batch_ids = drop_captions(ids[idx], empty, p_drop_caption, g)         # (B, L)
+        loss = controlnet_loss(pipe, controlnet, latents[idx], batch_ids, conditions[idx], g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -88,4 +115,75 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str]
     return dict(losses=losses, eval_before=before,
                 eval_after=fixed_control_loss(pipe, controlnet, latents, ids, conditions),
                 eval_shuffled=fixed_control_loss(pipe, controlnet, latents, ids, shuffled),
-                seconds=time.perf_counter() - start)
+                seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    """The ``controlnet`` subcommand of ``python -m diffcourse.train``, options in the order of its recorded
+    command (book §6.3)."""
+    p = sub.add_parser("controlnet", parents=[common],
+                       help="a ControlNet on chapter 4's shapes_sd with Canny-edge conditions (book §6.3)")
+    p.add_argument("--pipeline", default="zoo/shapes_sd", help="the frozen Stable Diffusion folder (chapter 4)")
+    p.add_argument("--out", required=True, help="where to write the ControlNet's diffusers folder")
+    p.add_argument("--condition", default="canny", choices=CONDITIONS)
+    p.add_argument("--images", type=int, default=2048, help="training images (drawn once, by the seed)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--p-drop-caption", type=float, default=0.5, help="share of captions replaced by the empty prompt")
+    p.add_argument("--embedding-first", type=int, default=8, help="channels of E's first convolution")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-samples", type=int, default=32, help="held-out conditions for the edge agreement")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
+
+
+def train_cli(args: argparse.Namespace) -> dict:
+    """Train ``shapes_controlnet`` from ``args`` (:func:`add_parser`), measure it and save it with
+    :func:`~diffcourse.control.controlnet.save_controlnet` (book §6.3). Returns its metadata plus ``seconds``."""
+    from ..latent.pipeline import load_pipeline
+    from ..latent.zoo_folders import read_metadata
+    from ..train import canonical_command
+    from .controlnet import diffusers_controlnet, save_controlnet
+    from .measure import EVAL_SEED, edge_f1_table
+
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.pipeline, device=args.device)
+    base = read_metadata(args.pipeline)
+    torch.manual_seed(args.seed)                                               # E's random initialisation
+    net = diffusers_controlnet(pipe.unet, factor=pipe.vae_scale_factor, embedding_first=args.embedding_first)
+    net = net.to(args.device)
+    images, captions, conditions = control_dataset(args.images, args.condition, seed=args.seed)
+    result = train_controlnet(pipe, net, images, captions, conditions, steps=args.steps, lr=args.lr,
+                              batch_size=args.batch_size, seed=args.seed, progress=args.progress,
+                              p_drop_caption=args.p_drop_caption)
+    net.eval()
+    agreement = {}
+    if args.condition == "canny":                                              # edges: measure edge agreement
+        _, eval_captions, eval_conditions = control_dataset(args.eval_samples, "canny", seed=EVAL_SEED)
+        from .controlnet import controlnet_pipeline
+
+        control = controlnet_pipeline(pipe, net)
+        for prompt, prompts in (("caption", eval_captions), ("empty", [""] * args.eval_samples)):
+            rows = edge_f1_table(control, prompts, eval_conditions, scales=(0.0, 1.0))
+            agreement[prompt] = {("no_controlnet" if r["scale"] is None else f"scale_{r['scale']:g}"): round(r["f1"], 4)
+                                 for r in rows}
+    cfg = net.config
+    info = dict(command=canonical_command(args), model_class="ControlNetModel",
+                config=dict(block_out_channels=list(cfg.block_out_channels),
+                            conditioning_embedding_out_channels=list(cfg.conditioning_embedding_out_channels),
+                            conditioning_channels=cfg.conditioning_channels,
+                            cross_attention_dim=cfg.cross_attention_dim),
+                dataset=f"shapes-32 one shape (plain), {args.condition} conditions", steps=args.steps, seed=args.seed,
+                pipeline=args.pipeline, schedule=base["schedule"], T=base["T"],
+                prediction_type=base["prediction_type"], weights="final, float16", p_drop_caption=args.p_drop_caption,
+                final_loss=round(sum(result["losses"][-50:]) / len(result["losses"][-50:]), 5),
+                eval_loss=dict(before=round(result["eval_before"], 5), after=round(result["eval_after"], 5),
+                               shuffled=round(result["eval_shuffled"], 5)),
+                edge_f1=agreement, train_cpu_seconds=round(result["cpu_seconds"], 1))
+    out = Path(args.out)
+    if out.is_dir():
+        shutil.rmtree(out)                                                     # no stale file in the folder
+    save_controlnet(out, net.cpu(), **info)
+    print(f"ControlNet: eval loss {info['eval_loss']}, edge F1 {agreement}")
+    return dict(info, seconds=result["seconds"])
