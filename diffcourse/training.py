@@ -13,6 +13,13 @@ on a GPU with bfloat16, runs its forward pass in mixed precision; the loop itsel
 device. All randomness (batches, timesteps, noise) comes from CPU ``torch.Generator`` objects
 seeded from ``TrainConfig.seed``, so the same seed draws the same numbers on every device.
 
+Several processes. ``accelerate launch --multi_gpu --num_processes 2 -m diffcourse.train toy ... --device cpu``
+runs the same loop on two ranks: ``accelerate`` starts them with ``torchrun``, and ``Accelerator(cpu=True)``
+joins them in a gloo process group (``MULTI_CPU``). (``accelerate launch --cpu --num_processes 2`` starts
+a single process unless given an MPI host file, ``--mpirun_hostfile``.) The model is wrapped for data
+parallelism, each rank trains on its share of every batch, the logged loss is the mean over the
+ranks, and only the main process writes the checkpoint (:mod:`diffcourse.train`), in the same format.
+
 Checkpoints are one safetensors file: the weights, plus a JSON string under the metadata key
 ``"diffcourse"`` that holds the model class, its config, the schedule, the prediction type and
 how the file was made (:func:`save_checkpoint`, :func:`load_checkpoint`).
@@ -173,9 +180,15 @@ def train(model: nn.Module, data, schedule: NoiseSchedule | None, config: TrainC
     config = config or TrainConfig()
     device = torch.device(config.device) if config.device else default_device()
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision_for(device))
+    # Under ``accelerate launch --num_processes N`` (one process per rank, gloo on the CPU) each rank draws
+    # its own batch_size / N points and noise from its own seeds; the prepared model averages the gradients,
+    # so one step sees batch_size points in all. With one process (rank 0 of 1) nothing changes.
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} does not split evenly over {world} processes")
     torch.manual_seed(config.seed)                          # global RNG: dropout and the like
-    data_gen = torch.Generator().manual_seed(config.seed)          # batches
-    noise_gen = torch.Generator().manual_seed(config.seed + 1)     # t and eps in the loss
+    data_gen = torch.Generator().manual_seed(config.seed + 2 * rank)          # batches
+    noise_gen = torch.Generator().manual_seed(config.seed + 1 + 2 * rank)     # t and eps in the loss
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
@@ -185,8 +198,9 @@ def train(model: nn.Module, data, schedule: NoiseSchedule | None, config: TrainC
     history = TrainHistory()
 
     model.train()
-    stream = batches(data, config.batch_size, data_gen)
-    bar = tqdm(range(config.steps), desc="training", disable=not config.progress, mininterval=0.5)
+    stream = batches(data, config.batch_size // world, data_gen)
+    bar = tqdm(range(config.steps), desc="training", mininterval=0.5,
+               disable=not (config.progress and accelerator.is_local_main_process))
     start = time.perf_counter()
     for step in bar:
         batch = _to(next(stream), accelerator.device)
@@ -204,7 +218,7 @@ def train(model: nn.Module, data, schedule: NoiseSchedule | None, config: TrainC
         optimizer.zero_grad(set_to_none=True)
         ema.update(accelerator.unwrap_model(model))
 
-        history.loss.append(loss.item())
+        history.loss.append((accelerator.reduce(loss.detach(), "mean") if world > 1 else loss).item())  # all ranks
         history.lr.append(scheduler.get_last_lr()[0])
         history.grad_norm.append(float(grad_norm))
         if step % 100 == 0 or step == config.steps - 1:
