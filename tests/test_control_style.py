@@ -118,3 +118,45 @@ def test_shipped_style_loras_load_and_change_the_unet():
     pipe.unload_lora_weights()
     after = pipe.unet.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in base.items()), "unloading must restore the base weights"
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")
+def test_style_lora_cli_writes_a_float16_folder_that_diffusers_and_the_zoo_read(tmp_path):
+    from diffcourse import zoo
+    from diffcourse.control.peft_lora import LORA_FILE, max_disagreement
+    from diffcourse.control.train_lora import is_lora_folder, load_lora_folder
+    from diffcourse.latent.pipeline import load_pipeline, pipeline_folder
+    from diffcourse.train import main
+    from safetensors import safe_open
+
+    try:
+        base = pipeline_folder()
+    except Exception as err:                                                  # zoo being rebuilt
+        pytest.skip(f"zoo shapes_sd unavailable: {err}")
+    out = tmp_path / "lora_teal"
+    argv = ["style-lora", "--base", str(base), "--out", str(out), "--style", "teal", "--images", "4", "--steps", "3",
+            "--batch-size", "2", "--rank", "2", "--alpha", "4.0", "--no-progress"]
+    assert main(argv) == 0
+    assert is_lora_folder(out) and sorted(p.name for p in out.iterdir()) == ["diffcourse.json", LORA_FILE]
+    with safe_open(str(out / LORA_FILE), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert dtypes == {torch.float16}, f"the shipped LoRA must be float16, found {dtypes}"
+        assert "unet.lora_alpha" in (f.metadata() or {}).get("lora_adapter_metadata", ""), "alpha must be saved too"
+    weights, meta = load_lora_folder(out)
+    assert meta["config"] == {"r": 2, "alpha": 4.0, "targets": ["to_q", "to_k", "to_v", "to_out.0"]}
+    assert sum(p.numel() for p in weights.parameters()) == meta["trainable_parameters"]
+    first = zoo.sha256_of(out / LORA_FILE)
+    import os
+    import subprocess
+    import sys
+
+    for hash_seed in ("1", "2"):                          # peft keeps target_modules in a set: order varies by process
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        subprocess.run([sys.executable, "-m", "diffcourse.train", *argv], check=True, env=env, capture_output=True)
+        assert zoo.sha256_of(out / LORA_FILE) == first, "the same command must write the same bytes in any process"
+    pipe, reference = load_pipeline(), load_pipeline()
+    pipe.load_lora_weights(str(out), adapter_name="teal")
+    layer = next(m for n, m in pipe.unet.named_modules() if n.endswith("attn1.to_q") and hasattr(m, "scaling"))
+    assert layer.scaling["teal"] == 2.0, f"alpha / r must be 4 / 2 after loading, got {layer.scaling['teal']}"
+    with torch.no_grad():
+        assert max_disagreement(pipe.unet, reference.unet) > 0, "3 steps of training must change the U-Net"

@@ -25,7 +25,7 @@ from .controlnet import denoising_target
 from .lora import ATTENTION_PROJECTIONS
 
 __all__ = ["STYLE_PRESETS", "styled_images", "fixed_eval_loss", "train_lora", "STYLE_LORAS", "LORA_MODEL_CLASS",
-           "add_parser", "train_style_lora_cli", "is_lora_folder", "load_lora_folder"]
+           "add_parser", "train_style_lora_cli", "canonical_lora_metadata", "is_lora_folder", "load_lora_folder"]
 
 #: Fixed styles for :func:`styled_images` (book §6.4): two background palettes that the chapter 4 VAE keeps
 #: ("dusk": purple at the top to blue at the bottom; "teal": one teal colour), and a 3-pixel stripe texture on
@@ -180,7 +180,7 @@ def train_style_lora_cli(args) -> dict:
         with safe_open(str(written), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in sorted(f.keys())}
-    save_file(tensors, str(out / LORA_FILE), metadata=header)                  # float16: half the bytes
+    save_file(tensors, str(out / LORA_FILE), metadata=canonical_lora_metadata(header))   # float16: half the bytes
     info = dict(model_class=LORA_MODEL_CLASS, base=args.base, style=args.style, dataset=(
                     f"{args.images} shapes-32 one-shape images in the {args.style!r} style (style-free captions)"),
                 steps=args.steps, seed=args.seed, command=canonical_command(args), schedule=None, T=None,
@@ -190,6 +190,21 @@ def train_style_lora_cli(args) -> dict:
                 eval_loss_after=round(result["eval_after"], 5))
     write_metadata(out, info)
     return dict(info, seconds=result["seconds"])
+
+
+def canonical_lora_metadata(header: dict) -> dict:
+    """The LoRA file's metadata in a canonical form, so that the same command writes the same bytes (book §6.4).
+
+    Only the adapter's config (``lora_adapter_metadata``: r, alpha, targets; without it the loader assumes
+    alpha = r): safetensors writes several keys in a random order, and peft keeps ``target_modules`` as a set,
+    whose order changes from one Python process to the next. Keys and target modules are sorted.
+    """
+    import json
+
+    config = json.loads(header["lora_adapter_metadata"])
+    config = {k: sorted(v) if k.endswith("target_modules") and isinstance(v, (list, tuple)) else v
+              for k, v in config.items()}
+    return {"lora_adapter_metadata": json.dumps(config, indent=2, sort_keys=True)}
 
 
 def is_lora_folder(folder) -> bool:
