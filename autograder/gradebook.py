@@ -91,6 +91,7 @@ def load_settings(out: Path) -> dict:
 
 
 _LOCK_CONNECTIONS: dict = {}   # db_url -> the connection that holds this process's advisory locks
+_LOCK_FDS: dict[str, int] = {}   # lock file -> this process's descriptor for it
 
 
 def _lock_key(course_id: str) -> int:
@@ -108,9 +109,11 @@ class GradebookLock:
     """
 
     def __init__(self, out: Path, db_url: str, course_id: str = COURSE_ID):
-        path = Path(out) / ".autograder" / "gradebook.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        path = Path(out).resolve() / ".autograder" / "gradebook.lock"
+        if str(path) not in _LOCK_FDS:   # one descriptor per process and file: a worker grades thousands
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _LOCK_FDS[str(path)] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = _LOCK_FDS[str(path)]
         self.db_url, self.key = db_url, _lock_key(course_id)
         self.postgres = is_postgres(db_url)
 

@@ -154,3 +154,37 @@ def test_nbgrader_export_reads_the_postgres_gradebook(graded, tmp_path):
     with open(tmp_path / "export.csv") as f:
         exported = {r["student_id"]: float(r["score"]) for r in csv.DictReader(f)}
     assert exported == EXPECTED, f"nbgrader export of the PostgreSQL gradebook: {exported}, expected {EXPECTED}"
+
+
+_HOLD = """import sys, time
+sys.path.insert(0, {repo!r})
+from autograder.gradebook import GradebookLock
+lock = GradebookLock({out!r}, {url!r})
+lock._connection()
+print("ready", flush=True)
+start = time.monotonic()
+lock.acquire()
+print(round(time.monotonic() - start, 2), flush=True)
+"""
+
+
+def test_advisory_lock_serializes_graders_in_different_folders(postgres, tmp_path):
+    """Two folders (two machines) share no file lock: the PostgreSQL advisory lock alone must serialize them."""
+    from autograder.gradebook import GradebookLock
+
+    url = postgres.create_database("locktest")
+    held = GradebookLock(tmp_path / "machine_a", url)
+    held.acquire()
+    other = subprocess.Popen([sys.executable, "-c", _HOLD.format(repo=str(REPO), out=str(tmp_path / "machine_b"),
+                                                                 url=url)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "ready", "the other grader did not start"
+    time.sleep(2)
+    assert other.poll() is None, "a grader in another folder got the gradebook while this one held it"
+    held.release()
+    waited = float(other.communicate(timeout=60)[0])
+    assert waited >= 2, f"the other grader waited {waited} s, less than the lock was held after it asked"
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(500):   # a worker grades thousands of submissions: no descriptor or connection per lock
+        with GradebookLock(tmp_path / "machine_a", url):
+            pass
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1, "each GradebookLock leaked a file descriptor or connection"
