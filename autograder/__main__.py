@@ -1,6 +1,9 @@
 """Command line: ``python -m autograder {grade, release, check-sync, demo}``.
 
     python -m autograder grade --submissions DIR [--assignment A] [--jobs N] [--out OUT]
+                               [--scheduler tcp://HOST:PORT | --scheduler local:N]   # on Dask (cluster.py)
+                               [--db-url postgresql://USER@HOST:PORT/DB] [--late-policy late.toml]
+                               [--student SID ... [--force]]       # gradebook.py
     python -m autograder release [A ...]      # notebooks/ from solutions/ (nbgrader generate_assignment)
     python -m autograder check-sync           # exit 1 if notebooks/ is out of sync with solutions/
     python -m autograder demo [--out grades/demo]   # build a demo class and grade it (make grade)
@@ -39,6 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--assignment", default=None)
     g.add_argument("--jobs", type=int, default=1)
     g.add_argument("--out", type=Path, default=Path("grading"))
+    g.add_argument("--scheduler", default=None,
+                   help="grade on a Dask cluster: tcp://HOST:PORT (workers need OUT and the course at the same "
+                        "paths) or local:N (N local worker processes); default: a local process pool (--jobs)")
+    g.add_argument("--db-url", default=None,
+                   help="nbgrader gradebook URL, e.g. postgresql://grader@db.example:5432/gradebook "
+                        "(default: sqlite:///OUT/gradebook.db)")
+    g.add_argument("--late-policy", type=Path, default=None,
+                   help="TOML file: deadlines, per-student extensions, late penalty (see the instructors' page)")
+    g.add_argument("--student", action="append", default=None,
+                   help="grade only this student (repeat for several); the others' rows are kept as they are")
+    g.add_argument("--force", action="store_true", help="re-grade even the submissions that did not change")
+    g.add_argument("--course-root", type=Path, default=None,
+                   help="the folder holding solutions/{assignment}/ (default: this repository)")
     _add_limits(g)
     r = sub.add_parser("release", help="regenerate notebooks/ from solutions/")
     r.add_argument("assignments", nargs="*")
@@ -66,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
 
     from .grade import Batch, grade_batch
+    from .gradebook import load_policy, load_settings, shown
     params = {"GRADING": True, "DEVICE": args.device, "SEED": args.seed}
     if args.command == "demo":
         from .demo import build_demo_class
@@ -76,9 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.submissions.is_dir():
             parser.error(f"--submissions {args.submissions} is not a folder")
         batch = Batch(submissions=args.submissions, out=args.out, assignment=args.assignment, jobs=args.jobs,
-                      limits=_limits(args), parameters=params, progress=not args.no_progress)
+                      limits=_limits(args), parameters=params, progress=not args.no_progress,
+                      scheduler=args.scheduler, db_url=args.db_url, students=args.student, force=args.force)
+        unknown = [s for s in args.student or [] if not (args.submissions / s).is_dir()]
+        if unknown:
+            parser.error(f"--student {', '.join(unknown)}: no such folder in {args.submissions}")
+        if args.course_root is not None:
+            batch.root = args.course_root.resolve()
+        try:
+            batch.late_policy = load_policy(args.late_policy)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--late-policy: {exc}")
     grade_batch(batch)
-    print(f"wrote {batch.out / 'grades.csv'}, {batch.out / 'feedback'}/, {batch.out / 'gradebook.db'}")
+    print(f"wrote {batch.out / 'grades.csv'}, {batch.out / 'grades_by_test.csv'}, {batch.out / 'feedback'}/, "
+          f"gradebook {shown(load_settings(batch.out)['db_url'])}")
     return 0
 
 

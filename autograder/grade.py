@@ -10,11 +10,19 @@ Parallelism. Each ``(student, assignment)`` is graded by a worker process runnin
 the gradebook and release it only while the sandbox executes, so execution is parallel and
 gradebook writes are serialized.
 
+Cluster. With ``Batch.scheduler`` (``--scheduler tcp://HOST:PORT`` or ``local:N``) each submission is a
+task on a Dask cluster instead, graded by the same ``grade_one`` in the worker's sandbox (``cluster.py``).
+
 Restart. After a submission's grades and feedback are committed, the worker writes a marker
 ``OUT/.autograder/done/{student}/{assignment}.json`` (atomically) holding a digest of the submission
 and of the source. A batch started again skips submissions whose marker matches and re-grades the
 rest; nbgrader's gradebook updates in place, so nothing is lost or duplicated. ``grades.csv`` is
 rewritten from the markers at the end of every batch.
+
+Gradebook and records (``gradebook.py``). ``Batch.db_url`` puts the gradebook in PostgreSQL (SQLite
+in ``OUT`` by default); the lock is then also a PostgreSQL advisory lock. ``Batch.late_policy``
+sets deadlines, extensions and the late penalty. ``Batch.students`` (with ``force``) re-grades
+some students only; the others' rows come from their markers, untouched.
 """
 from __future__ import annotations
 
@@ -40,7 +48,9 @@ from .release import REPO, assignments, generate
 
 COURSE_ID = "diffcourse"
 STATUSES = ("ok", "error", "timeout", "killed", "invalid", "missing", "flagged")
-BASE_COLUMNS = ["student_id", "assignment_id", "notebook_id", "score", "max_score", "status", "notes", "seconds"]
+BASE_COLUMNS = ["student_id", "assignment_id", "notebook_id", "score", "max_score", "status", "notes", "seconds",
+                "raw_score", "late_penalty", "hours_late"]
+NOT_TESTS = {"tests"}   # the per-test breakdown {test: [score, max]}: grades_by_test.csv
 
 
 @dataclass
@@ -54,6 +64,11 @@ class Batch:
     parameters: dict = field(default_factory=lambda: {"GRADING": True, "DEVICE": "cpu", "SEED": 0})
     root: Path = REPO                       # holds solutions/{assignment}/
     progress: bool = True
+    db_url: str | None = None               # nbgrader db_url; None: sqlite:///OUT/gradebook.db (gradebook.py)
+    late_policy: dict | None = None         # gradebook.load_policy(TOML): deadlines, extensions, penalty
+    students: list[str] | None = None       # grade only these students (the others' rows are kept)
+    force: bool = False                     # re-grade even when a submission is unchanged
+    scheduler: str | None = None            # a Dask scheduler (tcp://HOST:PORT or local:N): cluster.py
 
 
 class FileLock:
@@ -87,11 +102,13 @@ def nbgrader_config(out: Path, root: Path):
 
     from .execute import PapermillExecute
     from .feedback import HideHiddenTests
+    from .gradebook import late_config, load_settings
 
+    settings = load_settings(out)
     c = Config()
     c.CourseDirectory.root = str(out)
     c.CourseDirectory.course_id = COURSE_ID
-    c.CourseDirectory.db_url = f"sqlite:///{out / 'gradebook.db'}"
+    c.CourseDirectory.db_url = settings["db_url"]
     c.CourseDirectory.source_directory = str((root / "solutions").resolve())
     c.CourseDirectory.release_directory = "release"
     c.Autograde.autograde_preprocessors = [PapermillExecute, IgnorePattern, LimitOutput, SaveAutoGrades,
@@ -101,6 +118,7 @@ def nbgrader_config(out: Path, root: Path):
     c.LimitOutput.max_traceback = 100
     # feedback without the hidden tests' code (autograder/feedback.py); GetGrades reads the gradebook
     c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    late_config(c, settings["policy"])
     return c
 
 
@@ -149,17 +167,22 @@ def grade_one(out: str, root: str, sid: str, aid: str, digest: str, limits: dict
     from nbgrader.api import Gradebook, MissingEntry
 
     from . import execute
+    from .gradebook import GradebookLock, extension, load_settings, test_breakdown
     from .tamper import normalize, tamper_flags
 
     out_p, root_p = Path(out), Path(root)
-    lock = FileLock(out_p / ".autograder" / "gradebook.lock")
+    settings = load_settings(out_p)
+    db_url = settings["db_url"]
+    lock = GradebookLock(out_p, db_url)
     execute.CONTEXT.update(limits=Limits(**limits), parameters=parameters, lock=lock,
                            jobs_dir=str(out_p / ".autograder" / "jobs"), runs={})
-    db_url = f"sqlite:///{out_p / 'gradebook.db'}"
     sub_dir = out_p / "submitted" / sid / aid
     with lock:
         with Gradebook(db_url, COURSE_ID) as gb:
             expected = [nb.name for nb in gb.find_assignment(aid).notebooks]
+            if settings["policy"]:   # the student's extension, before nbgrader computes the lateness
+                gb.update_or_create_student(sid)
+                gb.update_or_create_submission(aid, sid, extension=extension(settings["policy"], sid, aid))
         pre: dict[str, tuple[str, list[str]]] = {}
         checks: dict[str, tuple[list[str], list[str]]] = {}
         unexpected = sorted(p.name for p in sub_dir.glob("*.ipynb") if p.stem not in expected)
@@ -202,6 +225,7 @@ def grade_one(out: str, root: str, sid: str, aid: str, digest: str, limits: dict
                 if nb_id in pre or grader_error:
                     for grade in snb.grades:
                         grade.auto_score, grade.needs_manual_grade = 0, False
+                    snb.late_submission_penalty = None
                     gb.db.commit()
                 if nb_id in pre:
                     status, notes = pre[nb_id]
@@ -215,10 +239,13 @@ def grade_one(out: str, root: str, sid: str, aid: str, digest: str, limits: dict
                     status = "flagged" if flags else run["status"]
                     notes = [f"flag: {f}" for f in flags] + ([f"run: {run['status']}"] if flags else []) \
                         + run["notes"] + tamper_notes
+                penalty = float(snb.late_submission_penalty or 0.0)
                 row = {"student_id": sid, "assignment_id": aid, "notebook_id": nb_id,
-                       "score": round(float(snb.score), 3), "max_score": round(float(snb.max_score), 3),
+                       "score": round(float(snb.score) - penalty, 3), "max_score": round(float(snb.max_score), 3),
                        "status": status, "notes": " | ".join(notes)[:500],
-                       "seconds": execute.CONTEXT["runs"].get((sid, aid, nb_id), {}).get("seconds", 0.0)}
+                       "seconds": execute.CONTEXT["runs"].get((sid, aid, nb_id), {}).get("seconds", 0.0),
+                       "raw_score": round(float(snb.score), 3), "late_penalty": round(penalty, 3),
+                       "hours_late": round(submission.total_seconds_late / 3600, 2), "tests": test_breakdown(snb)}
                 for grade in sorted(snb.grades, key=lambda g: g.cell.notebook.name + g.name):
                     if grade.cell.__class__.__name__ == "GradeCell":
                         row[grade.name] = round(float(grade.score), 3)
@@ -235,13 +262,21 @@ def grade_one(out: str, root: str, sid: str, aid: str, digest: str, limits: dict
 
 def _tasks(batch: Batch, aids: list[str]) -> tuple[list[tuple[str, str, str]], list[dict]]:
     """Submissions still to grade, and the rows of those already graded (by an earlier run)."""
+    from .gradebook import policy_for
+
     out, subs = batch.out, batch.submissions
     students = sorted(p.name for p in subs.iterdir() if p.is_dir() and not p.name.startswith("."))
     todo, done_rows = [], []
     for sid in students:
         for aid in aids:
             src = subs / sid / aid
-            settings = json.dumps([batch.limits.as_dict(), batch.parameters], sort_keys=True)
+            if batch.students and sid not in batch.students:   # not asked for: keep its last rows as they are
+                marker = out / ".autograder" / "done" / sid / f"{aid}.json"
+                if marker.exists():
+                    done_rows += json.loads(marker.read_text())["rows"]
+                continue
+            settings = json.dumps([batch.limits.as_dict(), batch.parameters, policy_for(batch.late_policy, sid, aid),
+                                   batch.db_url], sort_keys=True)   # another gradebook: grade it again there
             digest = _digest(_files(src) + _files(batch.root / "solutions" / aid)) + "-" + \
                 hashlib.sha256(settings.encode()).hexdigest()[:8]
             marker = out / ".autograder" / "done" / sid / f"{aid}.json"
@@ -250,7 +285,7 @@ def _tasks(batch: Batch, aids: list[str]) -> tuple[list[tuple[str, str, str]], l
                     saved = json.loads(marker.read_text())
                 except ValueError:
                     saved = {}
-                if saved.get("digest") == digest:
+                if saved.get("digest") == digest and not batch.force:
                     done_rows += saved["rows"]
                     continue
             dest = out / "submitted" / sid / aid
@@ -267,10 +302,10 @@ def _tasks(batch: Batch, aids: list[str]) -> tuple[list[tuple[str, str, str]], l
 def write_csv(rows: list[dict], path: Path) -> None:
     tests = []
     for row in rows:
-        tests += [k for k in row if k not in BASE_COLUMNS and k not in tests]
+        tests += [k for k in row if k not in BASE_COLUMNS and k not in NOT_TESTS and k not in tests]
     rows = sorted(rows, key=lambda r: (r["student_id"], r["assignment_id"], r["notebook_id"]))
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=BASE_COLUMNS + tests, restval="")
+        writer = csv.DictWriter(f, fieldnames=BASE_COLUMNS + tests, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -291,6 +326,9 @@ def grade_batch(batch: Batch) -> list[dict]:
     """Grade every submission of the batch; returns the rows written to ``grades.csv``."""
     from tqdm.auto import tqdm
 
+    from nbgrader.api import Gradebook
+
+    from .gradebook import GradebookLock, apply_deadlines, save_settings, write_breakdown
     from .sandbox import bwrap_path
 
     ensure_venv_on_path()
@@ -301,6 +339,7 @@ def grade_batch(batch: Batch) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / ".autograder" / "jobs", ignore_errors=True)   # scratch left by a killed batch
     (out / ".autograder" / "jobs").mkdir(parents=True, exist_ok=True)
+    db_url = save_settings(out, batch.db_url, batch.late_policy)["db_url"]
     available = assignments(batch.root)
     if batch.assignment:
         if batch.assignment not in available:
@@ -308,9 +347,16 @@ def grade_batch(batch: Batch) -> list[dict]:
         aids = [batch.assignment]
     else:
         aids = [a for a in available if any((s / a).is_dir() for s in batch.submissions.iterdir())]
-    with FileLock(out / ".autograder" / "gradebook.lock"):
-        generate(aids, root=batch.root, release_dir=out / "release", course_dir=out, use_db=True)
+    with GradebookLock(out, db_url):
+        generate(aids, root=batch.root, release_dir=out / "release", course_dir=out, use_db=True, db_url=db_url)
+        with Gradebook(db_url, COURSE_ID) as gb:
+            apply_deadlines(gb, batch.late_policy, aids)
     todo, rows = _tasks(batch, aids)
+    if batch.scheduler:
+        from .cluster import grade_todo_on_dask
+        rows += grade_todo_on_dask(batch.scheduler, out, Path(batch.root).resolve(), todo, batch.limits.as_dict(),
+                                   batch.parameters, progress=batch.progress)
+        todo = []
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, batch.jobs), mp_context=ctx, initializer=_worker_init) as pool:
         futures = {pool.submit(grade_one, str(out), str(batch.root), sid, aid, digest,
@@ -327,5 +373,6 @@ def grade_batch(batch: Batch) -> list[dict]:
                              "max_score": 0.0, "status": "error", "notes": f"grader failure: {exc!r}"[:300],
                              "seconds": 0.0})
     write_csv(rows, out / "grades.csv")
+    write_breakdown(rows, out / "grades_by_test.csv")
     print(summary(rows, time.monotonic() - start))
     return rows
