@@ -86,11 +86,24 @@ def canonical_command(args: argparse.Namespace) -> str:
     """The full command that reproduces ``args``' checkpoint: every option written out (book §2.1)."""
     skip = {"command", "update_manifest", "name", "progress"}
     parts = ["python", "-m", "diffcourse.train", args.command]
+    world = _processes()
+    if world > 1:   # made by ``accelerate launch`` on several processes: that is how to reproduce it
+        parts = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(world), "-m", *parts[2:]]
     for key, value in vars(args).items():
         if key in skip or (key in _ADDED_LATER and value == _ADDED_LATER[key]):
             continue
         parts += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(parts)
+
+
+def _processes() -> int:
+    """How many processes ``accelerate launch`` started (1 for a plain ``python -m diffcourse.train``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    """Only the main process writes checkpoints and the manifest under ``accelerate launch``."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train_toy(args: argparse.Namespace) -> dict:
@@ -107,8 +120,9 @@ def train_toy(args: argparse.Namespace) -> dict:
     result = train(model, lambda n, g: sample_toy(args.dataset, n, g), schedule, config)
     info = dict(dataset=args.dataset, steps=args.steps, seed=args.seed, weights="ema",
                 final_loss=round(result.history.final_loss(), 5), command=canonical_command(args))
-    save_checkpoint(args.out, result.ema_model(), schedule=schedule,
-                    prediction_type=args.prediction_type, **info)
+    if _is_main_process():
+        save_checkpoint(args.out, result.ema_model(), schedule=schedule,
+                        prediction_type=args.prediction_type, **info)
     return dict(info, seconds=result.history.seconds)
 
 
@@ -311,10 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     dit_digits.add_parser(sub, _common_options())                  # book §7.8
     toy_fm.add_parser(sub, _common_options())                      # book §7.4
     toy_cd.add_parser(sub, _common_options())                      # book §7.9
+    from .flow import distill_digits as cd_digits
+    cd_digits.add_parser(sub, _common_options())                   # book §7.9: cd-digits
     from .latent.cli import add_latent_parsers
     add_latent_parsers(sub, [_common_options()])                   # book §4.2, §4.7: vae, latent-sd
     from .video import train_video as video
     video.add_parser(sub, _common_options())                       # book §8.5
+    from .control import train_controlnet as controlnet
+    controlnet.add_parser(sub, _common_options())                  # book §6.3
+    from .control import train_lora as style_lora
+    style_lora.add_parser(sub, _common_options())                  # book §6.5: style-lora
     return parser
 
 
@@ -324,10 +344,28 @@ def _latent_commands() -> dict:
     return LATENT_COMMANDS
 
 
+def _train_cd_digits(args: argparse.Namespace) -> dict:
+    """Chapter 7's ``cd-digits`` subcommand (book §7.9), from :mod:`diffcourse.flow.distill_digits`."""
+    from .flow.distill_digits import train_cd_digits
+    return train_cd_digits(args)
+
+
 def _train_video(args: argparse.Namespace) -> dict:
     """Chapter 8's ``video`` subcommand (book §8.5), from :mod:`diffcourse.video.train_video`."""
     from .video.train_video import train_video
     return train_video(args)
+
+
+def _train_controlnet(args: argparse.Namespace) -> dict:
+    """Chapter 6's ``controlnet`` subcommand (book §6.3), from :mod:`diffcourse.control.train_controlnet`."""
+    from .control.train_controlnet import train_cli
+    return train_cli(args)
+
+
+def _train_style_lora(args: argparse.Namespace) -> dict:
+    """Chapter 6's ``style-lora`` subcommand (book §6.5), from :mod:`diffcourse.control.train_lora`."""
+    from .control.train_lora import train_style_lora_cli
+    return train_style_lora_cli(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,8 +374,11 @@ def main(argv: list[str] | None = None) -> int:
 
     info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli,
             "diffusers-digits": train_diffusers_digits, "dit-digits": dit_digits.train_dit_digits,
-            "toy-fm": toy_fm.train_toy_fm, "toy-cd": toy_cd.train_toy_cd,
-            **_latent_commands(), "video": _train_video}[args.command](args)
+            "toy-fm": toy_fm.train_toy_fm, "toy-cd": toy_cd.train_toy_cd, "cd-digits": _train_cd_digits,
+            **_latent_commands(), "video": _train_video, "controlnet": _train_controlnet,
+            "style-lora": _train_style_lora}[args.command](args)
+    if not _is_main_process():   # accelerate launch: the other ranks trained alongside; rank 0 reports
+        return 0
     if "cv_accuracy" in info:
         print(f"classifier: {info['cv_folds']}-fold CV accuracy {info['cv_accuracy']:.3f}, "
               f"accuracy on the unseen train split {info['train_split_accuracy']:.3f}")

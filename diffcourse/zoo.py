@@ -198,12 +198,20 @@ def load(name: str, device: torch.device | str | None = None, root: str | Path |
 
 
 def _load_folder(folder: Path, device) -> tuple[nn.Module, dict]:
-    """A folder entry's model and metadata: a DDPM pipeline's UNet (book §3.7), or chapter 4's VAE or
-    Stable Diffusion folder (:mod:`diffcourse.latent.zoo_folders`)."""
+    """A folder entry's model and metadata: a DDPM pipeline's UNet (book §3.7), chapter 4's VAE or
+    Stable Diffusion folder (:mod:`diffcourse.latent.zoo_folders`), or chapter 6's ControlNet folder."""
+    from .control.train_lora import is_lora_folder, load_lora_folder
     from .latent.zoo_folders import is_latent_folder, load_folder
 
+    if is_lora_folder(folder):                          # a style LoRA (book §6.5)
+        return load_lora_folder(folder, device)
     if is_latent_folder(folder):
         return load_folder(folder, device)
+    if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text(
+            encoding="utf-8")).get("_class_name") == "ControlNetModel":       # chapter 6's ControlNet (book §6.3)
+        from .control.controlnet import load_controlnet_folder
+
+        return load_controlnet_folder(folder, device)
     from .models.diffusers_unet import load_denoiser
 
     return load_denoiser(folder, device)

@@ -205,6 +205,11 @@ def load_controlnet_folder(folder, device="cpu"):
 
     from ..latent.zoo_folders import read_metadata
 
+    from pathlib import Path
+
+    if not (Path(folder) / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a ControlNet folder (no config.json); write one with "
+                                "save_controlnet or `python -m diffcourse.train controlnet --out FOLDER`")
     net = ControlNetModel.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
     return net.to(device).eval(), read_metadata(folder)
 

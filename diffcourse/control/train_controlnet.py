@@ -79,14 +79,17 @@ def drop_captions(ids: torch.Tensor, empty: torch.Tensor, p: float, generator: t
 
 def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str], conditions: torch.Tensor,
                      steps: int = 60, lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
-                     progress: bool = False, p_drop_caption: float = 0.5) -> dict:
+                     progress: bool = False, p_drop_caption: float = 0.5, eval_every: int = 0,
+                     eval_fn=None) -> dict:
     """Train ``controlnet`` (frozen ``pipe``) on (images, captions, conditions) (book §6.3, eqs. 6.3-6.4).
 
     ``p_drop_caption``: the share of training images whose caption is replaced by the empty prompt
     (:func:`drop_captions`; 0 keeps every caption, and then the condition is hardly used: see the module's
-    docstring). Returns ``dict(losses=[per step], eval_before=, eval_after=, eval_shuffled=, seconds=)``, the
-    evaluations with the full captions; ``eval_shuffled`` is the final loss with every image given another
-    image's condition.
+    docstring). ``eval_fn(controlnet) -> float``, if given, is called at step 0 and every ``eval_every`` steps
+    (for example the edge F1 of a few held-out conditions: the curve on which the ControlNet's "sudden
+    convergence" shows); its time is not counted in ``seconds``. Returns ``dict(losses=[per step], curve=[[step,
+    eval_fn]], eval_before=, eval_after=, eval_shuffled=, seconds=, cpu_seconds=)``, the losses evaluated with
+    the full captions; ``eval_shuffled`` is the final loss with every image given another image's condition.
     """
     for part in (pipe.unet, pipe.text_encoder, pipe.vae):
         part.requires_grad_(False)
@@ -100,9 +103,22 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str]
     params = [p for p in controlnet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
+    curve, spent = [], [0.0, 0.0]                                              # eval's (wall, CPU) seconds
+
+    def evaluate(step: int) -> None:
+        if eval_fn is None or not eval_every or step % eval_every:
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        controlnet.eval()
+        curve.append([step, eval_fn(controlnet)])
+        controlnet.train()
+        spent[0] += time.perf_counter() - t0
+        spent[1] += time.process_time() - c0
+
     losses, start, cpu_start = [], time.perf_counter(), time.process_time()
     controlnet.train()
-    for _ in tqdm(range(steps), desc="ControlNet", disable=not progress):
+    evaluate(0)
+    for step in tqdm(range(1, steps + 1), desc="ControlNet", disable=not progress):
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g).to(device)   # (B,)
         batch_ids = drop_captions(ids[idx], empty, p_drop_caption, g)         # (B, L)
         loss = controlnet_loss(pipe, controlnet, latents[idx], batch_ids, conditions[idx], g)
@@ -110,12 +126,14 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str]
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        evaluate(step)
+    seconds, cpu_seconds = time.perf_counter() - start - spent[0], time.process_time() - cpu_start - spent[1]
     controlnet.eval()
     shuffled = conditions.roll(1, dims=0)                                      # another image's condition
-    return dict(losses=losses, eval_before=before,
+    return dict(losses=losses, curve=curve, eval_before=before,
                 eval_after=fixed_control_loss(pipe, controlnet, latents, ids, conditions),
                 eval_shuffled=fixed_control_loss(pipe, controlnet, latents, ids, shuffled),
-                seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
+                seconds=seconds, cpu_seconds=cpu_seconds)
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -134,6 +152,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-first", type=int, default=8, help="channels of E's first convolution")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=32, help="held-out conditions for the edge agreement")
+    p.add_argument("--curve-every", type=int, default=100,
+                   help="record the empty-prompt edge F1 of 8 held-out conditions every this many steps (0: never)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
 
@@ -154,9 +174,20 @@ def train_cli(args: argparse.Namespace) -> dict:
     net = diffusers_controlnet(pipe.unet, factor=pipe.vae_scale_factor, embedding_first=args.embedding_first)
     net = net.to(args.device)
     images, captions, conditions = control_dataset(args.images, args.condition, seed=args.seed)
+    _, _, watched = control_dataset(8, args.condition, seed=EVAL_SEED)         # (8, 3, 32, 32) held out
+
+    def empty_prompt_f1(controlnet) -> float:                                  # the edge F1 curve (book §6.3)
+        from .controlnet import sample_controlled
+        from .edges import edge_agreement
+
+        drawn = sample_controlled(pipe, [""] * 8, watched.to(args.device), controlnet, seed=0,
+                                  num_inference_steps=10)                      # (8, 3, 32, 32)
+        return round(float(edge_agreement(watched, drawn.cpu())["f1"].mean()), 4)
+
     result = train_controlnet(pipe, net, images, captions, conditions, steps=args.steps, lr=args.lr,
                               batch_size=args.batch_size, seed=args.seed, progress=args.progress,
-                              p_drop_caption=args.p_drop_caption)
+                              p_drop_caption=args.p_drop_caption, eval_every=args.curve_every,
+                              eval_fn=empty_prompt_f1 if args.condition == "canny" else None)
     net.eval()
     agreement = {}
     if args.condition == "canny":                                              # edges: measure edge agreement
@@ -180,7 +211,7 @@ def train_cli(args: argparse.Namespace) -> dict:
                 final_loss=round(sum(result["losses"][-50:]) / len(result["losses"][-50:]), 5),
                 eval_loss=dict(before=round(result["eval_before"], 5), after=round(result["eval_after"], 5),
                                shuffled=round(result["eval_shuffled"], 5)),
-                edge_f1=agreement, train_cpu_seconds=round(result["cpu_seconds"], 1))
+                edge_f1=agreement, edge_f1_curve=result["curve"], train_cpu_seconds=round(result["cpu_seconds"], 1))
     out = Path(args.out)
     if out.is_dir():
         shutil.rmtree(out)                                                     # no stale file in the folder
