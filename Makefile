@@ -2,7 +2,9 @@
 #   make book   build the book into _build/html (executes the chapters, cached)
 #   make test   run the whole test suite
 #   make lab    JupyterLab on the student notebooks
-#   make bench  benchmarks (sampler loop overhead and U-Net speed against diffusers; grading throughput)
+#   make app    chapter 6's ControlNet app as a web page (Voila on http://localhost:8866, offline)
+#   make bench  benchmarks (sampler loop overhead and U-Net speed against diffusers; grading throughput,
+#               also on 1, 2, 4 Dask workers; GPU speed-ups, skipped without CUDA)
 #   make grade  grade the demo class with the autograder
 #   make release regenerate notebooks/ from solutions/ with nbgrader
 #   make zoo    retrain the shipped checkpoints and check their hashes
@@ -14,7 +16,7 @@ STAMP := $(VENV)/.installed
 MATHJAX_VERSION := 3.2.2
 MATHJAX := book/_static/mathjax/tex-chtml.js
 
-.PHONY: book test lab bench grade release zoo sysdeps clean venv lock
+.PHONY: book test lab app bench grade release zoo sysdeps clean venv lock
 
 venv: $(STAMP)
 
@@ -35,9 +37,10 @@ $(MATHJAX):
 	test -f $@
 
 # System packages the tests need, from Debian's repositories: bubblewrap (the grading sandbox) and
-# chromium (the browser tests drive it through Playwright, which never downloads a browser of its own).
+# chromium (the browser tests drive it through Playwright, which never downloads a browser of its own)
+# and postgresql (tests/pg_server.py starts a throw-away server for the PostgreSQL gradebook tests).
 sysdeps:
-	@{ command -v bwrap >/dev/null && test -x /usr/bin/chromium; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap chromium >/dev/null; }
+	@{ command -v bwrap >/dev/null && test -x /usr/bin/chromium && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap chromium postgresql >/dev/null; }
 
 book: $(STAMP) $(MATHJAX)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
@@ -49,11 +52,17 @@ test: $(STAMP) $(MATHJAX) sysdeps
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
+# The same notebook runs in JupyterLab; Voila shows only its widgets (no code), offline, on this machine only.
+app: $(STAMP)
+	VOILA=$(VENV)/bin/voila app/serve.sh --port=8866
+
 bench: $(STAMP) sysdeps
 	$(PY) benchmarks/bench_samplers.py
 	$(PY) benchmarks/bench_unet.py
 	$(PY) benchmarks/bench_latent.py
 	$(PY) benchmarks/bench_grading.py --students 8 --jobs 2
+	$(PY) benchmarks/bench_grading.py --students 6 --dask-workers 1,2,4
+	$(PY) benchmarks/bench_gpu.py
 
 grade: $(STAMP) sysdeps
 	$(PY) -m autograder demo --out grades/demo --jobs 2
