@@ -1,6 +1,6 @@
 """Moving-shapes clips for video diffusion (book §8).
 
-A clip (F, 3, H, W) in [-1, 1] shows one coloured shape (drawn as in :mod:`.shapes`) moving with
+A clip (F, 3, H, W) in [-1, 1] shows one coloured shape (drawn as in :mod:`diffcourse.data.shapes`) moving with
 constant velocity on black and bouncing off the walls like a billiard ball, with a caption such as
 ``"a red square moving right"``; the caption names the direction of the *first* frames (bounces
 change it later). Clip ``i`` depends only on ``(seed, i)``.

@@ -17,7 +17,7 @@ the unconditional one. Ho & Salimans write eps~ = (1 + w') eps_c - w' eps_u, so 
 - :mod:`.digits`    a CFG sampler for the course's class-conditional digits (DDIM, §2.3, with a guided wrapper)
 - :mod:`.text`      the same loop with the chapter 4 pipeline's parts, equal to ``StableDiffusionPipeline``
 - :mod:`.measure`   adherence, diversity and saturation / clipping share against w
-- :mod:`.shapes`    the same curves on chapter 4's shapes model, per caption attribute
+- :mod:`diffcourse.guidance.shapes` the same curves on chapter 4's shapes model, per caption attribute
 """
 from .cfg import both_branches, guided_eps, guidance_scale_from_paper, paper_w
 from .digits import guided_class_model, sample_cfg_digits
