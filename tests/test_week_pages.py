@@ -17,7 +17,7 @@ from conftest import ROOT
 BOOK = ROOT / "book"
 PAGES = ["recall", "self_check_answers", "interview", "revision", "reading"]
 ANSWERED = {"ch01_math": "Chapter 1", "ch02_sampling": "Chapter 2", "ch03_unet": "Chapter 3",
-            "ch04_latent": "Chapter 4", "ch05_guidance": "Chapter 5", "ch07_flow": "Chapter 7",
+            "ch04_latent": "Chapter 4", "ch05_guidance": "Chapter 5", "ch06_control": "Chapter 6", "ch07_flow": "Chapter 7",
             "ch08_video": "Chapter 8"}
 
 
