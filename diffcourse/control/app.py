@@ -4,14 +4,14 @@ The logic behind ``app/control_app.ipynb`` (run in JupyterLab, or as a web page 
 the same notebook with Voilà). Everything here works without a browser, so the tests drive it directly::
 
     upload (PNG/JPEG bytes) --read_upload--> x (3, 32, 32) in [-1, 1]        resized to the model's size
-    x --edge_condition--> y (1, 3, 32, 32) in {0, 1}                           Canny edges, eqs. 6.1-6.2 (§6.5)
+    x --edge_condition--> y (1, 3, 32, 32) in {0, 1}                           Canny edges, eq. 6.6 (§6.5)
     (prompt, y, lambda, style, s, seed) --generate--> image (3, 32, 32) in [0, 1]
-        StableDiffusionControlNetPipeline: the U-Net plus lambda times the ControlNet's residuals (eq. 6.4, §6.2),
+        StableDiffusionControlNetPipeline: the U-Net plus lambda times the ControlNet's residuals (eq. 6.5, §6.5),
         with a style LoRA (zoo shapes_lora_dusk / shapes_lora_teal) at adapter weight s (§6.4)
 
 :func:`load_app_pipeline` loads the zoo's trained ``shapes_controlnet``; if that entry is missing or fails its
 hash check it falls back to ``ControlNetModel.from_unet`` -- untrained, so it adds nothing at any lambda (its
-zero convolutions, eq. 6.3) -- and says so in its note, which the app shows. :func:`build_app` assembles the
+zero convolutions, eq. 6.1) -- and says so in its note, which the app shows. :func:`build_app` assembles the
 ipywidgets interface; :func:`preset_image` is the "draw" substitute (a shape placed by dropdowns), since
 drawing needs a canvas widget the course does not ship.
 """
@@ -109,7 +109,7 @@ def preset_caption(shape: str, colour: str, position: str, size_name: str) -> st
 
 def edge_condition(image: torch.Tensor, low: float = 0.2, high: float = 0.5) -> torch.Tensor:
     """Canny edges of ``image`` (3, H, W) in [-1, 1] as a ControlNet condition (1, 3, H, W) in {0, 1}
-    (book §6.5, eqs. 6.1-6.2): the maps the zoo ControlNet was trained on."""
+    (book §6.5, eq. 6.6 and Canny): the maps the zoo ControlNet was trained on."""
     return as_condition(canny(image[None], low, high))                         # (1, 3, H, W)
 
 
@@ -131,7 +131,7 @@ def load_app_pipeline(sd_folder=None, controlnet_folder=None, device="cpu") -> A
 
     If the ControlNet cannot be loaded (entry missing, hash mismatch, folder absent), it uses
     ``ControlNetModel.from_unet`` of the same U-Net instead: an *untrained* copy whose zero convolutions add
-    nothing (eq. 6.3), so the edges have no effect. The returned note says which one is in use.
+    nothing (eq. 6.1), so the edges have no effect. The returned note says which one is in use.
     """
     import warnings
 
@@ -188,7 +188,7 @@ def set_style(app_pipe: AppPipeline, style: str = "none", scale: float = 1.0) ->
 def generate(app_pipe: AppPipeline, condition: torch.Tensor, prompt: str = "", style: str = "none",
              lora_scale: float = 1.0, conditioning_scale: float = 1.0, seed: int = 0, steps: int = 10,
              guidance_scale: float = 4.0) -> torch.Tensor:
-    """One image from the edge ``condition`` (1, 3, H, W) in {0, 1} (book §6.2, eq. 6.4; §6.4):
+    """One image from the edge ``condition`` (1, 3, H, W) in {0, 1} (book §6.5, eq. 6.5; §6.4):
     ``StableDiffusionControlNetPipeline`` with ``controlnet_conditioning_scale`` = lambda, the chosen style LoRA
     at weight ``lora_scale``, classifier-free guidance ``guidance_scale`` and a seeded generator.
 

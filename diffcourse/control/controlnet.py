@@ -1,13 +1,13 @@
 """ControlNet: a trainable copy of the U-Net's encoder joined to the frozen U-Net through zero convolutions
-(book §6.3, eqs. 6.3-6.4).
+(book §6.2, eqs. 6.1, 6.5).
 
 The frozen U-Net's skip features h_i (its ``conv_in`` output, every down-block output, the middle block)
 receive residuals from a copy of its encoder that also sees the condition map y (edges, a mask)::
 
     e      = E(y)                        E: small convs, downsampling the image-size y by the VAE's factor f
     h'_0   = conv_in(z_t) + e             the copy's input: the latent plus the embedded condition
-    r_i    = Z_i(copy_i(h'_{i-1}, t, c))  Z_i: 1x1 convolution with weight = 0 and bias = 0        (eq. 6.3)
-    h_i    <- h_i + lambda r_i            the frozen U-Net adds the residuals (lambda: conditioning scale) (eq. 6.4)
+    r_i    = Z_i(copy_i(h'_{i-1}, t, c))  Z_i: 1x1 convolution with weight = 0 and bias = 0        (eq. 6.1)
+    h_i    <- h_i + lambda r_i            the frozen U-Net adds the residuals (lambda: conditioning scale) (eq. 6.5)
 
 Every Z_i is zero at initialisation, so r_i = 0 and the controlled U-Net is exactly the pretrained one: training
 starts from the model's own behaviour and cannot damage it in its first steps. The gradient of the loss with
@@ -36,12 +36,12 @@ __all__ = ["zero_conv", "embedding_channels_for", "ConditionEmbedding", "Scratch
            "controlnet_loss", "ZOO_NAME", "save_controlnet", "load_controlnet", "load_controlnet_folder",
            "load_controlnet_pipeline"]
 
-#: The zoo entry of the ControlNet trained on chapter 4's shapes_sd with Canny edges (book §6.3).
+#: The zoo entry of the ControlNet trained on chapter 4's shapes_sd with Canny edges (book §6.5).
 ZOO_NAME = "shapes_controlnet"
 
 
 def zero_conv(channels_in: int, channels_out: int | None = None) -> nn.Conv2d:
-    """A 1x1 convolution with weight 0 and bias 0: Z_i of eq. 6.3 (book §6.3). Output 0 for any input."""
+    """A 1x1 convolution with weight 0 and bias 0: Z_i of eq. 6.1 (book §6.2). Output 0 for any input."""
     conv = nn.Conv2d(channels_in, channels_out or channels_in, kernel_size=1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
@@ -49,7 +49,7 @@ def zero_conv(channels_in: int, channels_out: int | None = None) -> nn.Conv2d:
 
 
 def embedding_channels_for(factor: int, first: int = 16) -> tuple[int, ...]:
-    """Channels of the conditioning embedding E that downsamples by ``factor`` (a power of 2) (book §6.3).
+    """Channels of the conditioning embedding E that downsamples by ``factor`` (a power of 2) (book §6.2).
 
     One stride-2 convolution per halving: log2(factor) + 1 entries, doubling from ``first``
     (f = 4 -> (16, 32, 64); f = 8 -> (16, 32, 64, 128)).
@@ -61,7 +61,7 @@ def embedding_channels_for(factor: int, first: int = 16) -> tuple[int, ...]:
 
 
 class ConditionEmbedding(nn.Module):
-    """E of eq. 6.3: y (N, C_y, H, W) in [0, 1] -> e (N, C_0, H / f, W / f) (book §6.3).
+    """E of eq. 6.1: y (N, C_y, H, W) in [0, 1] -> e (N, C_0, H / f, W / f) (book §6.2).
 
     ``conv_in`` then, per halving, a 3x3 convolution and a stride-2 3x3 convolution (SiLU after each), then a
     zero-initialised 3x3 ``conv_out`` -- the layout of diffusers' ``ControlNetConditioningEmbedding``.
@@ -86,7 +86,7 @@ class ConditionEmbedding(nn.Module):
 
 
 class ScratchControlNet(nn.Module):
-    """The trainable copy of ``unet``'s encoder with zero convolutions (book §6.3, eqs. 6.3-6.4).
+    """The trainable copy of ``unet``'s encoder with zero convolutions (book §6.2, eqs. 6.1, 6.5).
 
     ``unet``: a diffusers ``UNet2DConditionModel`` (not changed). ``factor``: the VAE's downsampling factor, so
     the condition is image-sized. ``forward(z_t, t, c, y)`` returns ``(down_residuals, mid_residual)``, the
@@ -141,7 +141,7 @@ class ScratchControlNet(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, y: torch.Tensor,
                 conditioning_scale: float = 1.0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """z_t (N, 4, h, w), t (N,) or (), c (N, L, d), y (N, C_y, h f, w f) in [0, 1] ->
-        (lambda Z_i(features_i) for each skip, lambda Z_mid(middle)) (eqs. 6.3-6.4)."""
+        (lambda Z_i(features_i) for each skip, lambda Z_mid(middle)) (eqs. 6.1, 6.5)."""
         if tuple(y.shape[-2:]) != tuple(d * self.factor for d in z_t.shape[-2:]):
             raise ValueError(f"the condition must be image-sized: latent {tuple(z_t.shape[-2:])} x factor "
                              f"{self.factor}, got {tuple(y.shape[-2:])}")
@@ -153,7 +153,7 @@ class ScratchControlNet(nn.Module):
 
 
 def controlled_eps(unet, controlnet, z_t, t, c, y, conditioning_scale: float = 1.0) -> torch.Tensor:
-    """eps_theta(z_t, t, c) of the frozen U-Net with the ControlNet's residuals added (eq. 6.4) (book §6.3).
+    """eps_theta(z_t, t, c) of the frozen U-Net with the ControlNet's residuals added (eq. 6.5) (book §6.2).
     (The U-Net's output: eps, or v for a v-prediction U-Net; the scheduler knows which.)
 
     ``controlnet``: a :class:`ScratchControlNet` or a diffusers ``ControlNetModel`` (or None: the plain U-Net).
@@ -171,7 +171,7 @@ def controlled_eps(unet, controlnet, z_t, t, c, y, conditioning_scale: float = 1
 
 
 def diffusers_controlnet(unet, factor: int = 4, conditioning_channels: int = 3, embedding_first: int = 16):
-    """``ControlNetModel.from_unet`` of the course's U-Net with E downsampling by ``factor`` (book §6.3).
+    """``ControlNetModel.from_unet`` of the course's U-Net with E downsampling by ``factor`` (book §6.2).
 
     The copy takes the U-Net's weights (``load_weights_from_unet``); its zero convolutions and E's ``conv_out``
     are zero, so it adds nothing until trained.
@@ -184,7 +184,7 @@ def diffusers_controlnet(unet, factor: int = 4, conditioning_channels: int = 3, 
 
 def save_controlnet(folder, controlnet, **info):
     """Save a diffusers ``ControlNetModel`` as a float16 diffusers folder plus ``diffcourse.json`` holding ``info``
-    (the command that made it, its training record) (book §6.3). Returns the folder.
+    (the command that made it, its training record) (book §6.2). Returns the folder.
 
     ``ControlNetModel.from_pretrained(folder)`` loads it; :func:`load_controlnet` loads it as float32.
     """
@@ -200,7 +200,7 @@ def save_controlnet(folder, controlnet, **info):
 
 def load_controlnet_folder(folder, device="cpu"):
     """(``ControlNetModel`` in eval mode, float32; its ``diffcourse.json`` metadata) of a folder written by
-    :func:`save_controlnet`: what :func:`diffcourse.zoo.load` returns for a ControlNet entry (book §6.3)."""
+    :func:`save_controlnet`: what :func:`diffcourse.zoo.load` returns for a ControlNet entry (book §6.2)."""
     from diffusers import ControlNetModel
 
     from ..latent.zoo_folders import read_metadata
@@ -215,7 +215,7 @@ def load_controlnet_folder(folder, device="cpu"):
 
 
 def load_controlnet(folder=None, device="cpu"):
-    """The trained ControlNet as a float32 diffusers ``ControlNetModel`` (book §6.3): ``folder``, else the zoo's
+    """The trained ControlNet as a float32 diffusers ``ControlNetModel`` (book §6.2): ``folder``, else the zoo's
     verified ``shapes_controlnet`` (Canny edges on chapter 4's shapes_sd)."""
     if folder is None:
         from .. import zoo
@@ -225,7 +225,7 @@ def load_controlnet(folder=None, device="cpu"):
 
 
 def load_controlnet_pipeline(sd_folder=None, controlnet_folder=None, device="cpu"):
-    """diffusers' ``StableDiffusionControlNetPipeline`` from two local folders, offline, float32 (book §6.3).
+    """diffusers' ``StableDiffusionControlNetPipeline`` from two local folders, offline, float32 (book §6.2).
 
     ``sd_folder``: a Stable Diffusion pipeline folder (default: the zoo's ``shapes_sd``, chapter 4);
     ``controlnet_folder``: a ControlNet folder (default: the zoo's ``shapes_controlnet``). The call
@@ -256,7 +256,7 @@ def load_controlnet_pipeline(sd_folder=None, controlnet_folder=None, device="cpu
 
 
 def controlnet_pipeline(pipe, controlnet):
-    """``StableDiffusionControlNetPipeline`` from a course pipeline's parts and ``controlnet`` (book §6.3)."""
+    """``StableDiffusionControlNetPipeline`` from a course pipeline's parts and ``controlnet`` (book §6.2)."""
     from diffusers import StableDiffusionControlNetPipeline
 
     out = StableDiffusionControlNetPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
@@ -271,7 +271,7 @@ def controlnet_pipeline(pipe, controlnet):
 def sample_controlled(pipe, prompts: list[str], y: torch.Tensor | None = None, controlnet=None, seed: int = 0,
                       num_inference_steps: int = 25, guidance_scale: float = 4.0,
                       conditioning_scale: float = 1.0) -> torch.Tensor:
-    """The course's text-to-image loop with a ControlNet (book §6.3, eq. 6.4; CFG of §5).
+    """The course's text-to-image loop with a ControlNet (book §6.2, eq. 6.5; CFG of §5).
 
     Same steps as ``StableDiffusionControlNetPipeline``: z_T = generator's first draw (N, 4, h, w), at each step
     both halves [empty, prompt] go through the ControlNet (condition ``y`` (N, C_y, H, W) in [0, 1] repeated)
@@ -299,7 +299,7 @@ def sample_controlled(pipe, prompts: list[str], y: torch.Tensor | None = None, c
 
 def conditioning_sweep(pipe, controlnet, prompts: list[str], y: torch.Tensor, scales=(0.0, 0.5, 1.0, 1.5, 2.0),
                        seed: int = 0, tolerance: int = 1, **kwargs) -> list[dict]:
-    """Edge agreement between an edge condition and the images, per conditioning scale lambda (eq. 6.4) (book §6.3).
+    """Edge agreement between an edge condition and the images, per conditioning scale lambda (eq. 6.5) (book §6.5).
 
     y (N, 3, H, W): edge maps in {0, 1}. Each row: scale, mean precision, recall and F1 of
     :func:`diffcourse.control.edges.edge_agreement`, and the images (N, 3, H, W) in [-1, 1]. ``kwargs`` go to
@@ -316,7 +316,7 @@ def conditioning_sweep(pipe, controlnet, prompts: list[str], y: torch.Tensor, sc
 
 
 def denoising_target(scheduler, latents: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the U-Net was trained to output, by the scheduler's ``prediction_type`` (book §6.3, eq. 4.10):
+    """What the U-Net was trained to output, by the scheduler's ``prediction_type`` (book §6.5, eq. 4.10):
     eps ("epsilon"), v = sqrt(abar_t) eps - sqrt(1 - abar_t) z ("v_prediction") or z ("sample").
     Shapes (N, 4, h, w); t (N,)."""
     kind = scheduler.config.prediction_type
@@ -331,7 +331,7 @@ def denoising_target(scheduler, latents: torch.Tensor, eps: torch.Tensor, t: tor
 
 def controlnet_loss(pipe, controlnet, latents: torch.Tensor, input_ids: torch.Tensor, y: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """The ControlNet's training loss (book §6.3): eq. 4.10 with the frozen U-Net plus residuals (eq. 6.4),
+    """The ControlNet's training loss (book §6.5): eq. 4.10 with the frozen U-Net plus residuals (eq. 6.5),
     against :func:`denoising_target` (eps or v, as the U-Net was trained).
 
     latents (N, 4, h, w) scaled by the VAE's factor s, input_ids (N, L), y (N, C_y, H, W) in [0, 1].

@@ -1,15 +1,15 @@
 """Condition maps computed by the course itself: Sobel and Canny-like edges, position and segmentation masks
-(book §6.2, eqs. 6.1-6.2). Pure torch, no OpenCV.
+(book §6.5, eq. 6.6 and Canny). Pure torch, no OpenCV.
 
 Sobel estimates the image gradient with two 3x3 filters; per colour channel c::
 
     G_x = I_c * [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],   G_y = I_c * K_x^T,
-    |G| = sqrt(sum_c G_x^2 + G_y^2),   theta = atan2(G_y, G_x)                               (eq. 6.1)
+    |G| = sqrt(sum_c G_x^2 + G_y^2),   theta = atan2(G_y, G_x)                               (eq. 6.6)
 
 (summing over channels finds a blue square on black as well as a yellow one). The Canny-like detector
 keeps a pixel only if its ``|G|`` is a local maximum across the edge (non-maximum suppression along theta,
 quantised to 0/45/90/135 degrees), then applies a double threshold with hysteresis: strong pixels
-(``|G| >= high``) are edges, weak ones (``low <= |G| < high``) only if connected to a strong one (eq. 6.2).
+(``|G| >= high``) are edges, weak ones (``low <= |G| < high``) only if connected to a strong one (Canny, §6.5).
 
 From the shapes' drawing parameters (:func:`diffcourse.data.shapes.sample_objects`),
 :func:`segmentation_map` paints each shape's class (its :data:`~diffcourse.data.shapes.SHAPES` index
@@ -26,12 +26,12 @@ from ..data.shapes import SHAPES, shape_mask
 __all__ = ["SOBEL_X", "sobel", "edge_map", "non_max_suppression", "hysteresis", "canny", "edge_agreement",
            "segmentation_map", "position_mask", "as_condition"]
 
-#: The horizontal Sobel kernel K_x (eq. 6.1); the vertical one is its transpose.
+#: The horizontal Sobel kernel K_x (eq. 6.6); the vertical one is its transpose.
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
 def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient magnitude and direction by eq. 6.1 (book §6.2).
+    """Gradient magnitude and direction by eq. 6.6 (book §6.5).
 
     image (N, C, H, W) (any range; replicate padding, so the image border is not an edge) ->
     magnitude (N, 1, H, W) >= 0 and theta (N, 1, H, W) in (-pi, pi].
@@ -50,7 +50,7 @@ def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def edge_map(image: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Binary Sobel edges: 1 where ``|G|`` >= ``threshold`` times the image's largest ``|G|`` (book §6.2, eq. 6.1).
+    """Binary Sobel edges: 1 where ``|G|`` >= ``threshold`` times the image's largest ``|G|`` (book §6.5, eq. 6.6).
 
     image (N, C, H, W) -> (N, 1, H, W) in {0, 1}. An image without any gradient has no edges.
     """
@@ -60,7 +60,7 @@ def edge_map(image: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 
 
 def non_max_suppression(magnitude: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Keep ``|G|`` where it is at least both neighbours' across the edge, else 0 (book §6.2, eq. 6.2).
+    """Keep ``|G|`` where it is at least both neighbours' across the edge, else 0 (book §6.5, Canny).
 
     magnitude, theta (N, 1, H, W) -> (N, 1, H, W). theta is quantised to 0, 45, 90 or 135 degrees.
     """
@@ -83,7 +83,7 @@ def non_max_suppression(magnitude: torch.Tensor, theta: torch.Tensor) -> torch.T
 
 def hysteresis(strong: torch.Tensor, weak: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
     """Grow the ``strong`` edges (N, 1, H, W) bool into 8-connected ``weak`` pixels until nothing changes
-    (book §6.2, eq. 6.2). Returns (N, 1, H, W) float in {0, 1}."""
+    (book §6.5, Canny). Returns (N, 1, H, W) float in {0, 1}."""
     edges = strong.clone()
     candidates = weak | strong
     for _ in range(iterations or strong.shape[-1] * strong.shape[-2]):
@@ -95,7 +95,7 @@ def hysteresis(strong: torch.Tensor, weak: torch.Tensor, iterations: int | None 
 
 
 def canny(image: torch.Tensor, low: float = 0.2, high: float = 0.5) -> torch.Tensor:
-    """Canny-like edges (book §6.2, eqs. 6.1-6.2): Sobel, non-maximum suppression, double threshold
+    """Canny-like edges (book §6.5, eq. 6.6 and Canny): Sobel, non-maximum suppression, double threshold
     (``low`` and ``high`` as fractions of the image's largest ``|G|``) and hysteresis.
 
     image (N, C, H, W) -> (N, 1, H, W) in {0, 1}: edges one or two pixels thin.
@@ -112,7 +112,7 @@ def canny(image: torch.Tensor, low: float = 0.2, high: float = 0.5) -> torch.Ten
 
 def segmentation_map(objects: list[dict], size: int) -> torch.Tensor:
     """Class per pixel from the drawing parameters: 0 background, 1 + SHAPES index where a shape covers more
-    than half the pixel (later shapes on top) (book §6.2). Returns (size, size) long."""
+    than half the pixel (later shapes on top) (book §6.5). Returns (size, size) long."""
     seg = torch.zeros(size, size, dtype=torch.long)
     for ob in objects:
         m = shape_mask(ob["shape"], *ob["center"], ob["radius"], size)        # (size, size) coverage
@@ -121,7 +121,7 @@ def segmentation_map(objects: list[dict], size: int) -> torch.Tensor:
 
 
 def position_mask(objects: list[dict], size: int) -> torch.Tensor:
-    """1 inside each shape's box [cy - r, cy + r] x [cx - r, cx + r], else 0 (book §6.2). Returns (size, size)."""
+    """1 inside each shape's box [cy - r, cy + r] x [cx - r, cx + r], else 0 (book §6.5). Returns (size, size)."""
     mask = torch.zeros(size, size)
     centres = torch.arange(size) + 0.5                                         # (size,) pixel centres
     for ob in objects:
@@ -134,7 +134,7 @@ def position_mask(objects: list[dict], size: int) -> torch.Tensor:
 
 def as_condition(maps: torch.Tensor, channels: int = 3) -> torch.Tensor:
     """A map (N, H, W) or (N, 1, H, W) in [0, 1] (or class ids) as a ControlNet condition (N, channels, H, W)
-    in [0, 1], the range diffusers' ControlNet pipeline feeds (book §6.2). Class ids are divided by
+    in [0, 1], the range diffusers' ControlNet pipeline feeds (book §6.5). Class ids are divided by
     ``len(SHAPES)``."""
     x = maps.float()
     if x.ndim == 3:
@@ -146,10 +146,10 @@ def as_condition(maps: torch.Tensor, channels: int = 3) -> torch.Tensor:
 
 def edge_agreement(condition: torch.Tensor, images: torch.Tensor, tolerance: int = 1, low: float = 0.2,
                    high: float = 0.5) -> dict[str, torch.Tensor]:
-    """How well generated images follow an edge condition (book §6.3, the conditioning-scale sweep).
+    """How well generated images follow an edge condition (book §6.5, the conditioning-scale sweep).
 
     condition (N, 1 or C, H, W) edges in {0, 1} (channel 0 is read); images (N, 3, H, W) in [-1, 1], whose
-    Canny edges (eq. 6.2) are compared with a tolerance of ``tolerance`` pixels (a (2 tol + 1)^2 square):
+    Canny edges are compared with a tolerance of ``tolerance`` pixels (a (2 tol + 1)^2 square):
     precision = share of the images' edge pixels near a condition edge, recall = share of the condition's edge
     pixels near an image edge, f1 their harmonic mean. Each (N,); an image without edges scores 0.
     """

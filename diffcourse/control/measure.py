@@ -1,4 +1,4 @@
-"""Measuring a ControlNet: does the image follow the condition's edges? (book §6.3, eq. 6.4)
+"""Measuring a ControlNet: does the image follow the condition's edges? (book §6.5, eq. 6.5)
 
 Every number here runs diffusers' own ``StableDiffusionControlNetPipeline`` (from the zoo folders
 ``shapes_sd`` and ``shapes_controlnet``: :func:`~diffcourse.control.controlnet.load_controlnet_pipeline`), or the
@@ -6,10 +6,10 @@ course's loop (:func:`~diffcourse.control.controlnet.sample_controlled`, ``loop=
 same images to 1e-4. The score is :func:`~diffcourse.control.edges.edge_agreement`: the F1 between the
 condition's edge pixels and the Canny edges of the generated image, within one pixel.
 
-* :func:`edge_f1_table` -- §6.3, the conditioning-scale sweep: F1 per ``controlnet_conditioning_scale``
-  lambda (eq. 6.4), the same prompts and seed at every lambda, and the fair baseline: the same prompts
+* :func:`edge_f1_table` -- §6.5, the conditioning-scale sweep: F1 per ``controlnet_conditioning_scale``
+  lambda (eq. 6.5), the same prompts and seed at every lambda, and the fair baseline: the same prompts
   *without* the ControlNet (the plain ``StableDiffusionPipeline`` of the same parts).
-* :func:`degrade` and :func:`weak_condition_table` -- §6.3, the trap "ControlNet cannot rescue a weak
+* :func:`degrade` and :func:`weak_condition_table` -- §6.5, the trap "ControlNet cannot rescue a weak
   condition": spurious edge pixels, dropped edge pixels or a cropped map; the image is scored against the
   *clean* edges it should have had, and against the map it was given.
 
@@ -33,16 +33,16 @@ __all__ = ["EVAL_SEED", "SCALES", "DEGRADATIONS", "held_out_conditions", "plain_
 #: The seed of the held-out shapes (training draws with seed 0): conditions the ControlNet never saw.
 EVAL_SEED = 1000
 
-#: The conditioning scales lambda of the book's sweep (eq. 6.4).
+#: The conditioning scales lambda of the book's sweep (eq. 6.5).
 SCALES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 
-#: The weak conditions of §6.3's trap and the amounts the book measures (:func:`degrade`).
+#: The weak conditions of §6.5's trap and the amounts the book measures (:func:`degrade`).
 DEGRADATIONS = {"noise": (0.0, 0.05, 0.15, 0.3), "drop": (0.0, 0.5, 0.8, 0.95), "crop": (0.0, 0.25, 0.5, 0.75)}
 
 
 def held_out_conditions(n: int = 8, seed: int = EVAL_SEED) -> tuple[list[str], torch.Tensor]:
     """``n`` shapes the ControlNet was not trained on: their captions and Canny edge conditions (n, 3, 32, 32)
-    in {0, 1} (book §6.2-§6.3)."""
+    in {0, 1} (book §6.5)."""
     from .train_controlnet import control_dataset
 
     _, captions, conditions = control_dataset(n, "canny", seed=seed)
@@ -51,7 +51,7 @@ def held_out_conditions(n: int = 8, seed: int = EVAL_SEED) -> tuple[list[str], t
 
 def plain_pipeline(control_pipe):
     """The ``StableDiffusionPipeline`` of the same VAE, text encoder, U-Net and scheduler, without the ControlNet:
-    the baseline of §6.3's sweep."""
+    the baseline of §6.5's sweep."""
     from diffusers import StableDiffusionPipeline
 
     parts = {k: v for k, v in control_pipe.components.items() if k != "controlnet"}
@@ -66,7 +66,7 @@ def generate(control_pipe, prompts: list[str], conditions: torch.Tensor | None, 
              seed: int = 0, num_inference_steps: int = 10, guidance_scale: float = 4.0,
              loop: str = "pipeline") -> torch.Tensor:
     """Images (N, 3, 32, 32) in [-1, 1] for ``prompts`` with the edge ``conditions`` (N, 3, 32, 32) in [0, 1] at
-    conditioning scale ``scale`` (eq. 6.4) (book §6.3).
+    conditioning scale ``scale`` (eq. 6.5) (book §6.5).
 
     ``scale=None``: the same prompts and seed without the ControlNet (:func:`plain_pipeline`).
     ``loop``: "pipeline" (diffusers' ``StableDiffusionControlNetPipeline``) or "course"
@@ -99,7 +99,7 @@ def _score(condition: torch.Tensor, images: torch.Tensor, tolerance: int) -> dic
 def edge_f1_table(control_pipe, prompts: list[str], conditions: torch.Tensor, scales=SCALES, baseline: bool = True,
                   seed: int = 0, num_inference_steps: int = 10, guidance_scale: float = 4.0, tolerance: int = 1,
                   loop: str = "pipeline", keep_images: bool = False) -> list[dict]:
-    """Edge agreement against the conditioning scale lambda (book §6.3, eq. 6.4): one row per scale, then (with
+    """Edge agreement against the conditioning scale lambda (book §6.5, eq. 6.5): one row per scale, then (with
     ``baseline``) a row ``scale=None`` for the same prompts and seed without the ControlNet.
 
     conditions (N, 3, 32, 32) edges in {0, 1}; each row: ``scale``, mean ``precision``, ``recall`` and ``f1`` of
@@ -117,7 +117,7 @@ def edge_f1_table(control_pipe, prompts: list[str], conditions: torch.Tensor, sc
 
 
 def degrade(conditions: torch.Tensor, kind: str, amount: float, seed: int = 0) -> torch.Tensor:
-    """A weak copy of edge ``conditions`` (N, C, H, W) in {0, 1} (book §6.3, the trap). Returns the same shape.
+    """A weak copy of edge ``conditions`` (N, C, H, W) in {0, 1} (book §6.5, the trap). Returns the same shape.
 
     ``kind``: "noise" turns each background pixel into a spurious edge with probability ``amount``; "drop"
     erases each edge pixel with probability ``amount`` (a partial, dotted outline); "crop" erases the
@@ -143,7 +143,7 @@ def degrade(conditions: torch.Tensor, kind: str, amount: float, seed: int = 0) -
 def weak_condition_table(control_pipe, prompts: list[str], conditions: torch.Tensor, degradations=None,
                          scale: float = 1.0, seed: int = 0, num_inference_steps: int = 10, guidance_scale: float = 4.0,
                          tolerance: int = 1, loop: str = "pipeline", keep_images: bool = False) -> list[dict]:
-    """The trap "ControlNet cannot rescue a weak condition", measured (book §6.3).
+    """The trap "ControlNet cannot rescue a weak condition", measured (book §6.5).
 
     For each ``kind`` and ``amount`` of ``degradations`` (default :data:`DEGRADATIONS`), the images drawn from
     the weak map at conditioning scale ``scale``; each row: ``kind``, ``amount``, ``f1_clean`` (F1 against the

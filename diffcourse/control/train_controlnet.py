@@ -1,4 +1,4 @@
-"""Training a ControlNet on the shapes with edge or mask conditions the course computes (book §6.3, eqs. 6.3-6.4).
+"""Training a ControlNet on the shapes with edge or mask conditions the course computes (book §6.5, eqs. 6.1, 6.5).
 
 The U-Net, the text encoder and the VAE stay frozen; only the ControlNet (its trainable copy, the condition
 embedding E and the zero convolutions) learns, on chapter 4's loss with the residuals added::
@@ -10,7 +10,7 @@ segmentation map or the position boxes of :mod:`diffcourse.control.edges`); :fun
 runs the loop and reports the loss on fixed draws before and after, with the right conditions and with
 the conditions shuffled across images: once trained, the ControlNet should do better with the right ones.
 
-Why a ControlNet can learn to ignore its condition, and the cure (book §6.3). The shapes' captions already say
+Why a ControlNet can learn to ignore its condition, and the cure (book §6.5). The shapes' captions already say
 the colour, the shape, the size and the position, so the frozen U-Net predicts the noise almost as well
 without the edges as with them: the loss barely rewards reading y, and a short run leaves the zero
 convolutions adding a text-driven correction that is the same for any y (the loss with shuffled conditions
@@ -40,14 +40,14 @@ from .edges import as_condition, canny, position_mask, segmentation_map
 __all__ = ["CONDITIONS", "control_dataset", "fixed_control_loss", "drop_captions", "train_controlnet", "add_parser",
            "train_cli"]
 
-#: The condition maps :func:`control_dataset` can draw (book §6.2).
+#: The condition maps :func:`control_dataset` can draw (book §6.5).
 CONDITIONS = ("canny", "segmentation", "position")
 
 
 def control_dataset(n: int, condition: str = "canny", seed: int = 0, size: int = 32,
                     max_shapes: int = 1) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """``n`` plain shapes images (n, 3, size, size) in [-1, 1], their captions and conditions
-    (n, 3, size, size) in [0, 1] of kind ``condition`` (one of :data:`CONDITIONS`) (book §6.2-§6.3)."""
+    (n, 3, size, size) in [0, 1] of kind ``condition`` (one of :data:`CONDITIONS`) (book §6.5)."""
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     g = torch.Generator().manual_seed(seed)
@@ -63,7 +63,7 @@ def control_dataset(n: int, condition: str = "canny", seed: int = 0, size: int =
 
 
 def fixed_control_loss(pipe, controlnet, latents, input_ids, conditions, draws: int = 4, seed: int = 1234) -> float:
-    """eqs. 4.10 + 6.4 averaged over ``draws`` fixed (t, eps) per image: comparable across training (book §6.3)."""
+    """eqs. 4.10 + 6.5 averaged over ``draws`` fixed (t, eps) per image: comparable across training (book §6.5)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         return sum(float(controlnet_loss(pipe, controlnet, latents, input_ids, conditions, g))
@@ -72,7 +72,7 @@ def fixed_control_loss(pipe, controlnet, latents, input_ids, conditions, draws: 
 
 def drop_captions(ids: torch.Tensor, empty: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Replace each row of ``ids`` (B, L) by the empty prompt's ids ``empty`` (L,) with probability ``p``
-    (book §6.3): those images' edges are the only thing that says where the shape is. Returns (B, L)."""
+    (book §6.5): those images' edges are the only thing that says where the shape is. Returns (B, L)."""
     drop = torch.rand(ids.shape[0], generator=generator) < p                  # (B,) bool
     return torch.where(drop[:, None].to(ids.device), empty.to(ids.device)[None], ids)
 
@@ -81,7 +81,7 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str]
                      steps: int = 60, lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
                      progress: bool = False, p_drop_caption: float = 0.5, eval_every: int = 0,
                      eval_fn=None) -> dict:
-    """Train ``controlnet`` (frozen ``pipe``) on (images, captions, conditions) (book §6.3, eqs. 6.3-6.4).
+    """Train ``controlnet`` (frozen ``pipe``) on (images, captions, conditions) (book §6.5, eqs. 6.1, 6.5).
 
     ``p_drop_caption``: the share of training images whose caption is replaced by the empty prompt
     (:func:`drop_captions`; 0 keeps every caption, and then the condition is hardly used: see the module's
@@ -138,9 +138,9 @@ def train_controlnet(pipe, controlnet, images: torch.Tensor, captions: list[str]
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The ``controlnet`` subcommand of ``python -m diffcourse.train``, options in the order of its recorded
-    command (book §6.3)."""
+    command (book §6.5)."""
     p = sub.add_parser("controlnet", parents=[common],
-                       help="a ControlNet on chapter 4's shapes_sd with Canny-edge conditions (book §6.3)")
+                       help="a ControlNet on chapter 4's shapes_sd with Canny-edge conditions (book §6.5)")
     p.add_argument("--pipeline", default="zoo/shapes_sd", help="the frozen Stable Diffusion folder (chapter 4)")
     p.add_argument("--out", required=True, help="where to write the ControlNet's diffusers folder")
     p.add_argument("--condition", default="canny", choices=CONDITIONS)
@@ -160,7 +160,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 def train_cli(args: argparse.Namespace) -> dict:
     """Train ``shapes_controlnet`` from ``args`` (:func:`add_parser`), measure it and save it with
-    :func:`~diffcourse.control.controlnet.save_controlnet` (book §6.3). Returns its metadata plus ``seconds``."""
+    :func:`~diffcourse.control.controlnet.save_controlnet` (book §6.5). Returns its metadata plus ``seconds``."""
     from ..latent.pipeline import load_pipeline
     from ..latent.zoo_folders import read_metadata
     from ..train import canonical_command
@@ -176,7 +176,7 @@ def train_cli(args: argparse.Namespace) -> dict:
     images, captions, conditions = control_dataset(args.images, args.condition, seed=args.seed)
     _, _, watched = control_dataset(8, args.condition, seed=EVAL_SEED)         # (8, 3, 32, 32) held out
 
-    def empty_prompt_f1(controlnet) -> float:                                  # the edge F1 curve (book §6.3)
+    def empty_prompt_f1(controlnet) -> float:                                  # the edge F1 curve (book §6.5)
         from .controlnet import sample_controlled
         from .edges import edge_agreement
 
