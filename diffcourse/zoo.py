@@ -199,7 +199,8 @@ def load(name: str, device: torch.device | str | None = None, root: str | Path |
 
 def _load_folder(folder: Path, device) -> tuple[nn.Module, dict]:
     """A folder entry's model and metadata: a DDPM pipeline's UNet (book §3.7), chapter 4's VAE or
-    Stable Diffusion folder (:mod:`diffcourse.latent.zoo_folders`), or chapter 6's ControlNet folder."""
+    Stable Diffusion folder (:mod:`diffcourse.latent.zoo_folders`), chapter 6's ControlNet or LoRA folders,
+    or chapter 7's LCM U-Net."""
     from .control.train_lora import is_lora_folder, load_lora_folder
     from .latent.zoo_folders import is_latent_folder, load_folder
 
@@ -212,6 +213,12 @@ def _load_folder(folder: Path, device) -> tuple[nn.Module, dict]:
         from .control.controlnet import load_controlnet_folder
 
         return load_controlnet_folder(folder, device)
+    if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text(
+            encoding="utf-8")).get("_class_name") == "UNet2DConditionModel":   # chapter 7's LCM U-Net (book §7.9)
+        from .flow.lcm import load_lcm_unet
+        from .latent.zoo_folders import read_metadata as read_folder_metadata
+
+        return load_lcm_unet(folder, device), read_folder_metadata(folder)
     from .models.diffusers_unet import load_denoiser
 
     return load_denoiser(folder, device)

@@ -23,7 +23,7 @@ CHAPTERS = {
     4: ("ch04_latent", "notebooks/ch04_latent/latent.ipynb", 12, 9),
     5: ("ch05_guidance", "notebooks/ch05_guidance/guidance.ipynb", 7, 7),
     6: ("ch06_control", "notebooks/ch06_control/control.ipynb", 10, 7),
-    7: ("ch07_flow", "notebooks/ch07_flow/flow.ipynb", 20, 10),
+    7: ("ch07_flow", "notebooks/ch07_flow/flow.ipynb", 21, 10),
     8: ("ch08_video", "notebooks/ch08_video/video.ipynb", 13, 9),
 }
 

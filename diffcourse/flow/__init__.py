@@ -20,8 +20,9 @@ The chapter's numbering (the book page follows it):
 7.7    DiT: patchify, adaLN-Zero, class conditioning and CFG       7.15-7.17    :mod:`.dit`
 7.8    a DiT trained on the digits with flow matching; diffusers'  (7.3)        :mod:`.train_dit`,
        DiTTransformer2DModel side by side; U-Net vs DiT                         :mod:`.diffusers_dit`
-7.9    few-step generation: consistency models and LCM; the        7.18-7.20    :mod:`.consistency`,
-       digits DiT distilled with guidance folded in                             :mod:`.distill_digits`
+7.9    few-step generation: consistency models and LCM; the        7.18-7.21    :mod:`.consistency`,
+       digits DiT distilled with guidance folded in; chapter 4's                :mod:`.distill_digits`,
+       latent model distilled and run by LCMScheduler                           :mod:`.lcm`
 7.10   MMDiT and RoPE (SD3, Flux), briefly                         --           (text only)
 =====  ==========================================================  ===========  ====================
 
