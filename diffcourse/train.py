@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     cd_digits.add_parser(sub, _common_options())                   # book §7.9: cd-digits
     from .flow import lcm
     lcm.add_parser(sub, _common_options())                         # book §7.9: lcm-sd
+    from .flow import dit_ddpm
+    dit_ddpm.add_parser(sub, _common_options())                    # book §7.8: dit-digits-ddpm
     from .latent.cli import add_latent_parsers
     add_latent_parsers(sub, [_common_options()])                   # book §4.2, §4.7: vae, latent-sd
     from .video import train_video as video
@@ -350,6 +352,12 @@ def _train_cd_digits(args: argparse.Namespace) -> dict:
     """Chapter 7's ``cd-digits`` subcommand (book §7.9), from :mod:`diffcourse.flow.distill_digits`."""
     from .flow.distill_digits import train_cd_digits
     return train_cd_digits(args)
+
+
+def _train_dit_ddpm(args: argparse.Namespace) -> dict:
+    """Chapter 7's ``dit-digits-ddpm`` subcommand (book §7.8), from :mod:`diffcourse.flow.dit_ddpm`."""
+    from .flow.dit_ddpm import train_dit_digits_ddpm
+    return train_dit_digits_ddpm(args)
 
 
 def _train_lcm_sd(args: argparse.Namespace) -> dict:
@@ -383,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli,
             "diffusers-digits": train_diffusers_digits, "dit-digits": dit_digits.train_dit_digits,
             "toy-fm": toy_fm.train_toy_fm, "toy-cd": toy_cd.train_toy_cd, "cd-digits": _train_cd_digits,
-            "lcm-sd": _train_lcm_sd,
+            "lcm-sd": _train_lcm_sd, "dit-digits-ddpm": _train_dit_ddpm,
             **_latent_commands(), "video": _train_video, "controlnet": _train_controlnet,
             "style-lora": _train_style_lora}[args.command](args)
     if not _is_main_process():   # accelerate launch: the other ranks trained alongside; rank 0 reports

@@ -19,7 +19,8 @@ The chapter's numbering (the book page follows it):
        course's model
 7.7    DiT: patchify, adaLN-Zero, class conditioning and CFG       7.15-7.17    :mod:`.dit`
 7.8    a DiT trained on the digits with flow matching; diffusers'  (7.3)        :mod:`.train_dit`,
-       DiTTransformer2DModel side by side; U-Net vs DiT                         :mod:`.diffusers_dit`
+       DiTTransformer2DModel side by side; U-Net vs DiT at equal                :mod:`.diffusers_dit`,
+       size; the same DiT trained with the DDPM loss (FM vs DDPM)               :mod:`.dit_ddpm`
 7.9    few-step generation: consistency models and LCM; the        7.18-7.21    :mod:`.consistency`,
        digits DiT distilled with guidance folded in; chapter 4's                :mod:`.distill_digits`,
        latent model distilled and run by LCMScheduler                           :mod:`.lcm`

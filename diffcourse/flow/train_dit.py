@@ -21,7 +21,7 @@ from .path import T_SAMPLERS, fm_loss
 
 __all__ = ["DIT_PRESETS", "PREDICTION_TYPE", "add_parser", "train_dit_digits"]
 
-DIT_PRESETS = {"tiny": DiTConfig.tiny, "digits": DiTConfig.digits}
+DIT_PRESETS = {"tiny": DiTConfig.tiny, "digits": DiTConfig.digits, "digits_small": DiTConfig.digits_small}
 PREDICTION_TYPE = "flow_prediction"
 
 
