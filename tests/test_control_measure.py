@@ -114,3 +114,32 @@ def test_the_training_command_writes_a_float16_diffusers_folder(tmp_path):
     meta = json.loads((out / "diffcourse.json").read_text())
     assert meta["command"].startswith("python -m diffcourse.train controlnet ") and meta["steps"] == 2
     assert meta["model_class"] == "ControlNetModel" and meta["prediction_type"] == "v_prediction"
+
+
+def test_box_agreement_scores_a_shape_in_its_box_and_nothing_outside():
+    from diffcourse.control.measure import box_agreement
+
+    box = torch.zeros(3, 3, 32, 32)
+    box[:, :, 4:14, 4:14] = 1.0                                                 # the same box three times
+    images = -torch.ones(3, 3, 32, 32)                                          # black, [-1, 1]
+    images[0, 0, 5:13, 5:13] = 1.0                                              # a red square inside the box
+    images[1, 1, 20:28, 20:28] = 1.0                                            # a green square elsewhere
+    scores = box_agreement(box, images)                                         # image 2 stays black
+    assert scores["inside"].tolist() == [1.0, 0.0, 0.0]
+    assert scores["iou"][0].item() == pytest.approx(64 / 100) and scores["iou"][1] == 0 and scores["iou"][2] == 0
+    assert torch.equal(images[2], -torch.ones(3, 32, 32)), "box_agreement must not modify its inputs"
+
+
+def test_shipped_position_controlnet_puts_the_shape_in_its_box():
+    from diffcourse import zoo
+    from diffcourse.control.controlnet import controlnet_pipeline
+    from diffcourse.control.measure import box_table
+    from diffcourse.latent.pipeline import load_pipeline
+
+    entry = zoo.entry("shapes_controlnet_position")
+    assert "--condition position" in entry["command"] and entry["eval_loss"]["after"] < entry["eval_loss"]["shuffled"]
+    pipe = controlnet_pipeline(load_pipeline(), load_controlnet(zoo.verify("shapes_controlnet_position")))
+    _, boxes = held_out_conditions(16, condition="position")
+    off, on = box_table(pipe, [""] * 16, boxes, scales=(0.0, 1.0), baseline=False)
+    assert on["inside"] >= 0.8 and on["inside"] > off["inside"] + 0.5, (off, on)
+    assert on["iou"] > off["iou"] + 0.2, (off, on)

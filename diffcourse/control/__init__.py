@@ -10,8 +10,8 @@ The chapter's numbering, which every docstring in this package follows:
  6.3     LoRA from scratch: low-rank update, merge, scale   6.2-6.4     :mod:`.lora`
  6.4     LoRA with peft and diffusers; a style LoRA         (6.2)       :mod:`.peft_lora`, :mod:`.train_lora`,
                                                                         :mod:`.style`
- 6.5     Condition maps (Sobel, Canny), the conditioning    6.5, 6.6    :mod:`.edges`, :mod:`.train_controlnet`,
-         scale, a trained ControlNet measured                           :mod:`.measure`
+ 6.5     Condition maps (Sobel, Canny, boxes), the          6.5, 6.6    :mod:`.edges`, :mod:`.train_controlnet`,
+         conditioning scale, trained ControlNets measured               :mod:`.measure`
  6.6     img2img and inpainting: strength and masks         6.7-6.9     :mod:`.strength`
  6.7     DreamBooth: a subject instead of a style           6.10        (text only)
  --      the chapter's app (app/control_app.ipynb)          --          :mod:`.app`

@@ -1,4 +1,4 @@
-"""Measuring a ControlNet: does the image follow the condition's edges? (book §6.5, eq. 6.5)
+"""Measuring a ControlNet: does the image follow the condition's edges, or its boxes? (book §6.5, eq. 6.5)
 
 Every number here runs diffusers' own ``StableDiffusionControlNetPipeline`` (from the zoo folders
 ``shapes_sd`` and ``shapes_controlnet``: :func:`~diffcourse.control.controlnet.load_controlnet_pipeline`), or the
@@ -9,6 +9,8 @@ condition's edge pixels and the Canny edges of the generated image, within one p
 * :func:`edge_f1_table` -- §6.5, the conditioning-scale sweep: F1 per ``controlnet_conditioning_scale``
   lambda (eq. 6.5), the same prompts and seed at every lambda, and the fair baseline: the same prompts
   *without* the ControlNet (the plain ``StableDiffusionPipeline`` of the same parts).
+* :func:`box_agreement` and :func:`box_table` -- §6.5, the position-box ControlNet: is the drawn shape's centre
+  in its box, and how much of the box does it cover (IoU)?
 * :func:`degrade` and :func:`weak_condition_table` -- §6.5, the trap "ControlNet cannot rescue a weak
   condition": spurious edge pixels, dropped edge pixels or a cropped map; the image is scored against the
   *clean* edges it should have had, and against the map it was given.
@@ -28,7 +30,7 @@ import torch
 from .edges import edge_agreement
 
 __all__ = ["EVAL_SEED", "SCALES", "DEGRADATIONS", "held_out_conditions", "plain_pipeline", "generate",
-           "edge_f1_table", "degrade", "weak_condition_table"]
+           "edge_f1_table", "box_agreement", "box_table", "degrade", "weak_condition_table"]
 
 #: The seed of the held-out shapes (training draws with seed 0): conditions the ControlNet never saw.
 EVAL_SEED = 1000
@@ -40,12 +42,12 @@ SCALES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEGRADATIONS = {"noise": (0.0, 0.05, 0.15, 0.3), "drop": (0.0, 0.5, 0.8, 0.95), "crop": (0.0, 0.25, 0.5, 0.75)}
 
 
-def held_out_conditions(n: int = 8, seed: int = EVAL_SEED) -> tuple[list[str], torch.Tensor]:
-    """``n`` shapes the ControlNet was not trained on: their captions and Canny edge conditions (n, 3, 32, 32)
-    in {0, 1} (book §6.5)."""
+def held_out_conditions(n: int = 8, seed: int = EVAL_SEED, condition: str = "canny") -> tuple[list[str], torch.Tensor]:
+    """``n`` shapes the ControlNet was not trained on: their captions and conditions (n, 3, 32, 32) in [0, 1] of
+    kind ``condition`` (Canny edges by default, or a segmentation / position map) (book §6.5)."""
     from .train_controlnet import control_dataset
 
-    _, captions, conditions = control_dataset(n, "canny", seed=seed)
+    _, captions, conditions = control_dataset(n, condition, seed=seed)
     return captions, conditions
 
 
@@ -94,6 +96,41 @@ def generate(control_pipe, prompts: list[str], conditions: torch.Tensor | None, 
 def _score(condition: torch.Tensor, images: torch.Tensor, tolerance: int) -> dict:
     s = edge_agreement(condition, images, tolerance)
     return {k: float(v.mean()) for k, v in s.items()}
+
+
+def box_agreement(condition: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How well generated images follow a position-box condition (book §6.5): per image (N,), ``inside`` = 1 if
+    the drawn shape's centre (the coverage-weighted centroid of the pixels whose brightest channel is above 1/2,
+    as chapter 4's checker finds it) lies in the box, and ``iou`` of those pixels with the box.
+
+    ``condition`` (N, C, H, W) in {0, 1} (the box in every channel), ``images`` (N, 3, H, W) in [-1, 1].
+    An image with no bright pixel scores 0 on both.
+    """
+    box = condition[:, 0] > 0.5                                                # (N, H, W)
+    cover = ((images.float().cpu() + 1) / 2).clamp(0, 1).amax(1) > 0.5        # (N, H, W)
+    inter = (box & cover).flatten(1).sum(1).float()
+    union = (box | cover).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
+    size = images.shape[-1]
+    ys = torch.arange(size, dtype=torch.float32)
+    w = cover.float()                                                          # (N, H, W)
+    mass = w.flatten(1).sum(1)                                                 # (N,)
+    cy = ((w.sum(2) * ys).sum(1) / mass.clamp(min=1)).round().long().clamp(0, size - 1)
+    cx = ((w.sum(1) * ys).sum(1) / mass.clamp(min=1)).round().long().clamp(0, size - 1)
+    inside = box[torch.arange(len(box)), cy, cx] & (mass > 0)
+    return {"inside": inside.float(), "iou": iou}
+
+
+def box_table(control_pipe, prompts: list[str], conditions: torch.Tensor, scales=(0.0, 1.0), baseline: bool = True,
+              seed: int = 0, num_inference_steps: int = 10, guidance_scale: float = 4.0) -> list[dict]:
+    """:func:`box_agreement` against the conditioning scale lambda (book §6.5, eq. 6.5), like :func:`edge_f1_table`:
+    one row per scale (``scale``, mean ``inside`` and ``iou``), then the same prompts and seed without the
+    ControlNet (``scale=None``)."""
+    rows = []
+    for scale in (*scales, *([None] if baseline else [])):
+        images = generate(control_pipe, prompts, conditions, scale, seed, num_inference_steps, guidance_scale)
+        rows.append(dict(scale=scale, **{k: float(v.mean()) for k, v in box_agreement(conditions, images).items()}))
+    return rows
 
 
 def edge_f1_table(control_pipe, prompts: list[str], conditions: torch.Tensor, scales=SCALES, baseline: bool = True,

@@ -199,6 +199,16 @@ def train_cli(args: argparse.Namespace) -> dict:
             rows = edge_f1_table(control, prompts, eval_conditions, scales=(0.0, 1.0))
             agreement[prompt] = {("no_controlnet" if r["scale"] is None else f"scale_{r['scale']:g}"): round(r["f1"], 4)
                                  for r in rows}
+    elif args.condition == "position":                                         # boxes: is the shape in its box?
+        from .controlnet import controlnet_pipeline
+        from .measure import box_table
+
+        _, eval_captions, eval_conditions = control_dataset(args.eval_samples, "position", seed=EVAL_SEED)
+        control = controlnet_pipeline(pipe, net)
+        for prompt, prompts in (("caption", eval_captions), ("empty", [""] * args.eval_samples)):
+            agreement[prompt] = {("no_controlnet" if r["scale"] is None else f"scale_{r['scale']:g}"):
+                                 dict(inside=round(r["inside"], 4), iou=round(r["iou"], 4))
+                                 for r in box_table(control, prompts, eval_conditions)}
     cfg = net.config
     info = dict(command=canonical_command(args), model_class="ControlNetModel",
                 config=dict(block_out_channels=list(cfg.block_out_channels),
@@ -211,10 +221,12 @@ def train_cli(args: argparse.Namespace) -> dict:
                 final_loss=round(sum(result["losses"][-50:]) / len(result["losses"][-50:]), 5),
                 eval_loss=dict(before=round(result["eval_before"], 5), after=round(result["eval_after"], 5),
                                shuffled=round(result["eval_shuffled"], 5)),
-                edge_f1=agreement, edge_f1_curve=result["curve"], train_cpu_seconds=round(result["cpu_seconds"], 1))
+                **({"edge_f1": agreement, "edge_f1_curve": result["curve"]} if args.condition == "canny"
+                   else {"box_agreement": agreement} if args.condition == "position" else {}),
+                train_cpu_seconds=round(result["cpu_seconds"], 1))
     out = Path(args.out)
     if out.is_dir():
         shutil.rmtree(out)                                                     # no stale file in the folder
     save_controlnet(out, net.cpu(), **info)
-    print(f"ControlNet: eval loss {info['eval_loss']}, edge F1 {agreement}")
+    print(f"ControlNet: eval loss {info['eval_loss']}, agreement {agreement}")
     return dict(info, seconds=result["seconds"])
