@@ -23,6 +23,7 @@ synchronisation), and a fixed thread count makes the result repeatable.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import sys
@@ -325,75 +326,45 @@ def build_parser() -> argparse.ArgumentParser:
     dit_digits.add_parser(sub, _common_options())                  # book §7.8
     toy_fm.add_parser(sub, _common_options())                      # book §7.4
     toy_cd.add_parser(sub, _common_options())                      # book §7.9
-    from .flow import distill_digits as cd_digits
-    cd_digits.add_parser(sub, _common_options())                   # book §7.9: cd-digits
-    from .flow import lcm
-    lcm.add_parser(sub, _common_options())                         # book §7.9: lcm-sd
-    from .flow import dit_ddpm
-    dit_ddpm.add_parser(sub, _common_options())                    # book §7.8: dit-digits-ddpm
     from .latent.cli import add_latent_parsers
     add_latent_parsers(sub, [_common_options()])                   # book §4.2, §4.7: vae, latent-sd
-    from .video import train_video as video
-    video.add_parser(sub, _common_options())                       # book §8.5
-    from .control import train_controlnet as controlnet
-    controlnet.add_parser(sub, _common_options())                  # book §6.3
-    from .control import train_lora as style_lora
-    style_lora.add_parser(sub, _common_options())                  # book §6.5: style-lora
+    for command in CHAPTER_COMMANDS:                               # chapters 6-8: each module adds its own
+        _chapter_module(command).add_parser(sub, _common_options())
     return parser
 
 
-def _latent_commands() -> dict:
-    """Chapter 4's subcommands (book §4.2, §4.7), from :mod:`diffcourse.latent.cli`."""
+#: Subcommands of later chapters: command -> (module under ``diffcourse``, its training function). The module's
+#: ``add_parser`` adds the subcommand (book §6.4-§6.5 controlnet, style-lora; §7.8-§7.9 dit-digits-ddpm,
+#: cd-digits, lcm-sd; §8.5 video).
+CHAPTER_COMMANDS = {"controlnet": ("control.train_controlnet", "train_cli"),
+                    "style-lora": ("control.train_lora", "train_style_lora_cli"),
+                    "dit-digits-ddpm": ("flow.dit_ddpm", "train_dit_digits_ddpm"),
+                    "cd-digits": ("flow.distill_digits", "train_cd_digits"),
+                    "lcm-sd": ("flow.lcm", "train_lcm_cli"),
+                    "video": ("video.train_video", "train_video")}
+
+
+def _chapter_module(command: str):
+    """The module behind a :data:`CHAPTER_COMMANDS` subcommand."""
+    return importlib.import_module(f"{__package__}.{CHAPTER_COMMANDS[command][0]}")
+
+
+def _trainer(command: str):
+    """The training function of subcommand ``command``: ``args -> metadata dict``."""
     from .latent.cli import LATENT_COMMANDS
-    return LATENT_COMMANDS
 
-
-def _train_cd_digits(args: argparse.Namespace) -> dict:
-    """Chapter 7's ``cd-digits`` subcommand (book §7.9), from :mod:`diffcourse.flow.distill_digits`."""
-    from .flow.distill_digits import train_cd_digits
-    return train_cd_digits(args)
-
-
-def _train_dit_ddpm(args: argparse.Namespace) -> dict:
-    """Chapter 7's ``dit-digits-ddpm`` subcommand (book §7.8), from :mod:`diffcourse.flow.dit_ddpm`."""
-    from .flow.dit_ddpm import train_dit_digits_ddpm
-    return train_dit_digits_ddpm(args)
-
-
-def _train_lcm_sd(args: argparse.Namespace) -> dict:
-    """Chapter 7's ``lcm-sd`` subcommand (book §7.9), from :mod:`diffcourse.flow.lcm`."""
-    from .flow.lcm import train_lcm_cli
-    return train_lcm_cli(args)
-
-
-def _train_video(args: argparse.Namespace) -> dict:
-    """Chapter 8's ``video`` subcommand (book §8.5), from :mod:`diffcourse.video.train_video`."""
-    from .video.train_video import train_video
-    return train_video(args)
-
-
-def _train_controlnet(args: argparse.Namespace) -> dict:
-    """Chapter 6's ``controlnet`` subcommand (book §6.3), from :mod:`diffcourse.control.train_controlnet`."""
-    from .control.train_controlnet import train_cli
-    return train_cli(args)
-
-
-def _train_style_lora(args: argparse.Namespace) -> dict:
-    """Chapter 6's ``style-lora`` subcommand (book §6.5), from :mod:`diffcourse.control.train_lora`."""
-    from .control.train_lora import train_style_lora_cli
-    return train_style_lora_cli(args)
+    if command in CHAPTER_COMMANDS:
+        return getattr(_chapter_module(command), CHAPTER_COMMANDS[command][1])
+    return {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli,
+            "diffusers-digits": train_diffusers_digits, "dit-digits": dit_digits.train_dit_digits,
+            "toy-fm": toy_fm.train_toy_fm, "toy-cd": toy_cd.train_toy_cd, **LATENT_COMMANDS}[command]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    info = {"toy": train_toy, "digits": train_digits, "classifier": train_classifier_cli,
-            "diffusers-digits": train_diffusers_digits, "dit-digits": dit_digits.train_dit_digits,
-            "toy-fm": toy_fm.train_toy_fm, "toy-cd": toy_cd.train_toy_cd, "cd-digits": _train_cd_digits,
-            "lcm-sd": _train_lcm_sd, "dit-digits-ddpm": _train_dit_ddpm,
-            **_latent_commands(), "video": _train_video, "controlnet": _train_controlnet,
-            "style-lora": _train_style_lora}[args.command](args)
+    info = _trainer(args.command)(args)
     if not _is_main_process():   # accelerate launch: the other ranks trained alongside; rank 0 reports
         return 0
     if "cv_accuracy" in info:

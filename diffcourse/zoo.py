@@ -208,13 +208,13 @@ def _load_folder(folder: Path, device) -> tuple[nn.Module, dict]:
         return load_lora_folder(folder, device)
     if is_latent_folder(folder):
         return load_folder(folder, device)
-    if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text(
-            encoding="utf-8")).get("_class_name") == "ControlNetModel":       # chapter 6's ControlNet (book §6.3)
+    config = folder / "config.json"
+    kind = json.loads(config.read_text(encoding="utf-8")).get("_class_name") if config.exists() else None
+    if kind == "ControlNetModel":                       # chapter 6's ControlNets (book §6.5)
         from .control.controlnet import load_controlnet_folder
 
         return load_controlnet_folder(folder, device)
-    if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text(
-            encoding="utf-8")).get("_class_name") == "UNet2DConditionModel":   # chapter 7's LCM U-Net (book §7.9)
+    if kind == "UNet2DConditionModel":                  # chapter 7's LCM U-Net (book §7.9)
         from .flow.lcm import load_lcm_unet
         from .latent.zoo_folders import read_metadata as read_folder_metadata
 

@@ -9,31 +9,16 @@ import shlex
 import pytest
 import torch
 
-from diffcourse import metrics, zoo
+from diffcourse import zoo
 from diffcourse.flow.consistency import consistency_fn, sample_consistency
 from diffcourse.flow.distill_digits import consistency_times, few_step_samples, student_sampler
 from diffcourse.flow.dit import DiT, DiTConfig
 from diffcourse.flow.samplers import guided_velocity, sample_euler_fm, time_grid
 from diffcourse.train import main
 from diffcourse.training import load_checkpoint
+from digits_judge import LABELS, judge, noise  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-PER = 20
-LABELS = torch.arange(10).repeat_interleave(PER)                                     # (200,)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    torch.set_num_threads(1)
-    clf = metrics.load_digit_classifier("cpu")
-    ref = metrics.reference_stats(clf)
-    return lambda x: (metrics.class_agreement(x, LABELS, clf).mean().item(), metrics.digit_fid(x, clf, ref))
-
-
-@pytest.fixture(scope="module")
-def noise():
-    return torch.randn(len(LABELS), 1, 8, 8, generator=torch.Generator().manual_seed(3))
 
 
 def test_consistency_times_cost_one_call_each_and_start_at_one():

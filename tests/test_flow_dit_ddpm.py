@@ -8,30 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffcourse import metrics, zoo
+from diffcourse import zoo
 from diffcourse.flow.dit import DiT, DiTConfig
 from diffcourse.flow.dit_ddpm import FAMILY_SAMPLERS, equal_nfe_digits
 from diffcourse.samplers import sample_ddim
 from diffcourse.train import main
 from diffcourse.training import load_checkpoint
+from digits_judge import LABELS, judge, noise  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-PER = 20
-LABELS = torch.arange(10).repeat_interleave(PER)                                     # (200,)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    torch.set_num_threads(1)
-    clf = metrics.load_digit_classifier("cpu")
-    ref = metrics.reference_stats(clf)
-    return lambda x: (metrics.class_agreement(x, LABELS, clf).mean().item(), metrics.digit_fid(x, clf, ref))
-
-
-@pytest.fixture(scope="module")
-def noise():
-    return torch.randn(len(LABELS), 1, 8, 8, generator=torch.Generator().manual_seed(3))
 
 
 def test_the_ddpm_dit_is_the_flow_dit_with_another_loss(tmp_path):

@@ -167,8 +167,6 @@ def train_lcm_cli(args: argparse.Namespace) -> dict:
     from ..latent.text_encoder import prompt_ids
     from ..latent.train_latent import caption_batches, latent_dataset
     from ..latent.unet import LatentTextDenoiser
-    from ..latent.zoo_folders import write_metadata
-    from ..schedules import NoiseSchedule  # noqa: F401  (alpha_bar comes from the pipeline's scheduler)
     from ..train import canonical_command
     from ..training import TrainConfig, train
 
