@@ -10,6 +10,7 @@
     python -m diffcourse.train toy-fm --dataset eight_gaussians --out zoo/toy_eight_gaussians_fm.safetensors  # §7.4
     python -m diffcourse.train toy-cd --dataset eight_gaussians --out zoo/toy_eight_gaussians_cd.safetensors  # §7.9
     python -m diffcourse.train video --out zoo/shapes_video.safetensors            # inflated video U-Net (§8.5)
+    python -m diffcourse.train video-dit --out zoo/shapes_video_dit.safetensors    # spacetime-patch DiT (§8.7)
 
 Every option has a default, and the file records the *canonical* command -- every option
 written out, ``--update-manifest`` left off -- so the manifest always shows exactly how to
@@ -335,13 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Subcommands of later chapters: command -> (module under ``diffcourse``, its training function). The module's
 #: ``add_parser`` adds the subcommand (book §6.4-§6.5 controlnet, style-lora; §7.8-§7.9 dit-digits-ddpm,
-#: cd-digits, lcm-sd; §8.5 video).
+#: cd-digits, lcm-sd; §8.5 video; §8.7 video-dit).
 CHAPTER_COMMANDS = {"controlnet": ("control.train_controlnet", "train_cli"),
                     "style-lora": ("control.train_lora", "train_style_lora_cli"),
                     "dit-digits-ddpm": ("flow.dit_ddpm", "train_dit_digits_ddpm"),
                     "cd-digits": ("flow.distill_digits", "train_cd_digits"),
                     "lcm-sd": ("flow.lcm", "train_lcm_cli"),
-                    "video": ("video.train_video", "train_video")}
+                    "video": ("video.train_video", "train_video"),
+                    "video-dit": ("video.train_video_dit", "train_video_dit")}
 
 
 def _chapter_module(command: str):

@@ -25,7 +25,8 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 
 
 def _register_late() -> None:
-    """Register models defined outside this package on first use: the DiT of book §7.7 (diffcourse.flow).
+    """Register models defined outside this package on first use: the DiT of book §7.7 (diffcourse.flow), the
+    video U-Net and spacetime DiT of book §8.4 and §8.7 (diffcourse.video).
     Importing it at the top would be circular, since it is built from this package's layers."""
     if "DiT" not in MODELS:
         from ..flow.dit import DiT, DiTConfig
@@ -35,6 +36,10 @@ def _register_late() -> None:
         from ..video.inflate import VideoUNet, VideoUNetConfig
 
         MODELS["VideoUNet"] = (VideoUNet, VideoUNetConfig)
+    if "SpacetimeDiT" not in MODELS:                                 # book §8.7
+        from ..video.spacetime import SpacetimeDiT, SpacetimeDiTConfig
+
+        MODELS["SpacetimeDiT"] = (SpacetimeDiT, SpacetimeDiTConfig)
 
 
 def build_model(class_name: str, config: dict) -> nn.Module:

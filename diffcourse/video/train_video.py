@@ -60,11 +60,14 @@ def training_clips(num_clips: int, frames: int, size: int, radius: float, seed: 
 
 @torch.no_grad()
 def sample_clips(model, schedule, n: int, frames: int, size: int, seed: int = 0, num_steps: int = 25,
-                 per_frame: bool = False) -> torch.Tensor:
-    """n clips (n, F, 3, size, size) in [-1, 1] drawn with DDIM (book §8.6).
+                 per_frame: bool = False, prediction_type: str = "epsilon") -> torch.Tensor:
+    """n clips (n, F, 3, size, size) in [-1, 1] drawn with DDIM (book §8.6, §8.7).
 
-    ``per_frame=True`` draws with ``model.unet`` (the image model) alone, every frame from its own noise:
-    the clip "without temporal attention". Both start from the same noise (n, 3, F, size, size).
+    ``model``: any video denoiser ``model(x_t, t)`` on (n, 3, F, H, W) clips that predicts
+    ``prediction_type`` (the video U-Net: ``"epsilon"``; the spacetime DiT of §8.7: ``"sample"``, x0).
+    ``per_frame=True`` draws with ``model.unet`` (a video U-Net's image model) alone, every frame from its
+    own noise: the clip "without temporal attention". Every call with the same seed starts from the same
+    noise (n, 3, F, size, size), so clips of different models pair up.
     """
     from ..samplers.ddim import sample_ddim
     from .reshape import batch_to_frames, frames_to_batch
@@ -72,12 +75,17 @@ def sample_clips(model, schedule, n: int, frames: int, size: int, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, 3, frames, size, size, generator=g)                      # (n, 3, F, H, W)
     if per_frame:
+        if not hasattr(model, "unet"):
+            raise ValueError(f"per_frame=True needs a video U-Net (its image model .unet); a {type(model).__name__} "
+                             "has none")
+
         def fn(x, t):                                                             # frames as images
             return batch_to_frames(model.unet(frames_to_batch(x), t.repeat_interleave(frames)
                                               if torch.as_tensor(t).ndim else t), frames)
     else:
         fn = model
-    x0 = sample_ddim(fn, x_T, schedule, num_steps=num_steps, generator=g, clip_x0=1.0)
+    x0 = sample_ddim(fn, x_T, schedule, num_steps=num_steps, generator=g, clip_x0=1.0,
+                     prediction_type=prediction_type)
     return x0.clamp(-1, 1).permute(0, 2, 1, 3, 4)                                 # (n, F, 3, H, W)
 
 
@@ -118,16 +126,23 @@ def train_video(args: argparse.Namespace) -> dict:
 
 
 def compare_consistency(model, schedule, frames: int, n: int = 32, seed: int = 0, num_steps: int = 25,
-                        radius: float = 0.2) -> dict:
+                        radius: float = 0.2, others: dict | None = None) -> dict:
     """Consistency tables (:func:`~diffcourse.video.consistency.consistency_table`) of n clips drawn with the
     video model, n drawn frame by frame with its image model ``model.unet`` from the same noise, and n
-    real clips (held-out seed) (book §8.6). Keys: ``"temporal"``, ``"per_frame"``, ``"real"``."""
+    real clips (held-out seed) (book §8.6). Keys: ``"temporal"``, ``"per_frame"``, ``"real"``.
+
+    ``others``: ``{key: (model, schedule, prediction_type)}`` of further video denoisers of the same clip
+    size, such as the spacetime DiT of §8.7; each is drawn from the same noise and added under its key."""
     from ..data.video import make_moving_shapes
     from .consistency import consistency_table
 
     size = model.unet.config.sample_size
     real, _, _ = make_moving_shapes(n, seed=seed + 1_000, num_frames=frames, size=size, radius=radius)
-    return dict(temporal=consistency_table(sample_clips(model, schedule, n, frames, size, seed, num_steps)),
-                per_frame=consistency_table(sample_clips(model, schedule, n, frames, size, seed, num_steps,
-                                                         per_frame=True)),
-                real=consistency_table(real))
+    tables = dict(temporal=consistency_table(sample_clips(model, schedule, n, frames, size, seed, num_steps)),
+                  per_frame=consistency_table(sample_clips(model, schedule, n, frames, size, seed, num_steps,
+                                                           per_frame=True)),
+                  real=consistency_table(real))
+    for key, (other, other_schedule, prediction_type) in (others or {}).items():
+        tables[key] = consistency_table(sample_clips(other, other_schedule, n, frames, size, seed, num_steps,
+                                                     prediction_type=prediction_type))
+    return tables
