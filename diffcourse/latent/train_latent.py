@@ -60,7 +60,7 @@ def add_latent_sd_parser(sub, parents) -> None:
     p.add_argument("--vae", required=True, help="the VAE folder written by `diffcourse.train vae`")
     p.add_argument("--out", required=True, help="the pipeline folder to write with save_pretrained")
     p.add_argument("--images", type=int, default=8192, help="one-shape training images")
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--steps", type=int, default=3600)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ema-decay", type=float, default=0.995)

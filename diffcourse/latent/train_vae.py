@@ -86,10 +86,12 @@ def add_vae_parser(sub, parents) -> None:
     p = sub.add_parser("vae", parents=parents, help="the KL autoencoder on the shapes, as a diffusers folder (§4.2)")
     p.add_argument("--out", required=True, help="the folder to write with save_pretrained")
     p.add_argument("--images", type=int, default=4096, help="training images (half plain, half varied)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--beta", type=float, default=1e-6, help="weight of the KL term (eq. 4.5)")
+    p.add_argument("--edge-weight", type=float, default=1.0,
+                   help="weight lambda of the image-gradient term (eq. 4.5'); 0 is eq. 4.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
 
@@ -106,7 +108,7 @@ def train_vae_cli(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)                                             # initialisation
     start = time.perf_counter()
     vae, losses = train_vae(build_vae(), images, args.steps, args.batch_size, args.lr, args.beta,
-                            seed=args.seed, progress=args.progress)
+                            seed=args.seed, progress=args.progress, edge_weight=args.edge_weight)
     seconds = time.perf_counter() - start
     vae = vae.half().float()                                                 # measure what is shipped (fp16)
     s = measure_scaling_factor(vae, images, torch.Generator().manual_seed(args.seed + 2))
