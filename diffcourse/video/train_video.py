@@ -22,7 +22,7 @@ import argparse
 
 import torch
 
-__all__ = ["add_parser", "train_video", "training_clips", "sample_clips", "compare_consistency"]
+__all__ = ["add_parser", "add_clip_options", "train_video", "training_clips", "sample_clips", "compare_consistency"]
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -30,10 +30,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("video", parents=[common],
                        help="an image U-Net on moving-shapes frames, inflated with temporal attention (book §8.5)")
     p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
-    p.add_argument("--num-clips", type=int, default=2000, help="training clips (clip i fixed by seed and i)")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--radius", type=float, default=0.2, help="shape half-extent as a fraction of the size")
+    add_clip_options(p)
     p.add_argument("--image-steps", type=int, default=500)
     p.add_argument("--image-batch-size", type=int, default=64, help="frames per step of stage 1")
     p.add_argument("--video-steps", type=int, default=450)
@@ -48,6 +45,14 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (the zoo's checkpoint) or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for repeatability)")
     p.add_argument("--weights-dtype", default="float16", choices=["float32", "float16"])
+
+
+def add_clip_options(p: argparse.ArgumentParser) -> None:
+    """The training clips' options, shared by the ``video`` and ``video-dit`` subcommands (book §8.5, §8.7)."""
+    p.add_argument("--num-clips", type=int, default=2000, help="training clips (clip i fixed by seed and i)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--radius", type=float, default=0.2, help="shape half-extent as a fraction of the size")
 
 
 def training_clips(num_clips: int, frames: int, size: int, radius: float, seed: int = 0) -> torch.Tensor:

@@ -43,14 +43,12 @@ __all__ = ["add_parser", "train_video_dit", "dit_config"]
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The ``video-dit`` subcommand's options, in the order of its recorded command (book §8.7)."""
     from ..train import _diffusion_options
+    from .train_video import add_clip_options
 
     p = sub.add_parser("video-dit", parents=[common],
                        help="a spacetime-patch DiT trained on moving-shapes clips (book §8.7)")
     p.add_argument("--out", required=True, help="where to write the .safetensors checkpoint")
-    p.add_argument("--num-clips", type=int, default=2000, help="training clips (clip i fixed by seed and i)")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--radius", type=float, default=0.2, help="shape half-extent as a fraction of the size")
+    add_clip_options(p)
     p.add_argument("--patch-t", type=int, default=2, help="p_t: frames per tubelet (eq. 8.11)")
     p.add_argument("--patch-size", type=int, default=4, help="p: pixels per tubelet side (eq. 8.11)")
     p.add_argument("--hidden-size", type=int, default=64)
