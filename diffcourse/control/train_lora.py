@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.shapes import caption_for, render_styled, sample_objects
+from ..guidance.dropout import drop_condition
 from ..latent.text_encoder import encode_prompt, prompt_ids
 from ..latent.vae import encode
 from .controlnet import denoising_target
@@ -88,7 +89,7 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
     Add the LoRA first (:func:`~diffcourse.control.lora.add_lora` or
     :func:`~diffcourse.control.peft_lora.add_peft_lora`). images (N, 3, H, W) in [-1, 1], N captions.
     ``p_uncond``: each caption of a batch is replaced by the empty prompt with this probability (caption
-    dropout, §4.7), so the unconditional branch of classifier-free guidance (§5) learns the style too;
+    dropout, §4.7, with chapter 5's :func:`~diffcourse.guidance.dropout.drop_condition`, eq. 5.1), so the unconditional branch of classifier-free guidance (§5) learns the style too;
     otherwise guidance extrapolates the difference between a styled conditional and an unstyled
     unconditional prediction, which distorts the colours.
     Returns ``dict(losses=[per step], eval_before=, eval_after=, trainable=, seconds=)``.
@@ -101,7 +102,7 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
     with torch.no_grad():
         latents = encode(pipe.vae, images.to(pipe.vae.device), pipe.vae.config.scaling_factor)  # (N, 4, h, w) means
         context = encode_prompt(pipe.text_encoder, prompt_ids(pipe.tokenizer, captions))   # (N, L, d)
-        empty = encode_prompt(pipe.text_encoder, prompt_ids(pipe.tokenizer, [""]))[0]      # (L, d)
+        rows = torch.cat([context, encode_prompt(pipe.text_encoder, prompt_ids(pipe.tokenizer, [""]))])   # (N+1, L, d)
     before = fixed_eval_loss(pipe, latents, context)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
@@ -112,11 +113,9 @@ def train_lora(pipe, images: torch.Tensor, captions: list[str], steps: int = 40,
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g).to(latents.device)   # (B,)
         t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(latents.device)
         eps = torch.randn((batch_size, *latents.shape[1:]), generator=g).to(latents.device)   # (B, 4, h, w)
-        ctx = context[idx]                                                     # (B, L, d)
-        if p_uncond > 0:                                                       # caption dropout
-            drop = (torch.rand(batch_size, generator=g) < p_uncond).to(latents.device)   # (B,)
-            ctx = torch.where(drop[:, None, None], empty, ctx)
-        pred = pipe.unet(_noised(pipe, latents[idx], t, eps), t, encoder_hidden_states=ctx).sample
+        cond = (drop_condition(idx, p_uncond, null_label=len(captions), generator=g)   # caption dropout, eq. 5.1:
+                if p_uncond > 0 else idx)                                      # row N is the empty prompt
+        pred = pipe.unet(_noised(pipe, latents[idx], t, eps), t, encoder_hidden_states=rows[cond]).sample
         loss = F.mse_loss(pred, denoising_target(pipe.scheduler, latents[idx], eps, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
